@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Install the system packages needed to build and test vwn (Debian/Ubuntu).
+#   bash scripts/setup.sh               build + test dependencies
+#   bash scripts/setup.sh --reference   also Python/PyTorch, for regenerating
+#                                       the reference data under tests/data
+# Does nothing (and does not touch apt) when everything is already installed.
+set -euo pipefail
+
+packages=(build-essential cmake libeigen3-dev libgtest-dev googletest libgmock-dev libbenchmark-dev)
+
+for arg in "$@"; do
+  case "$arg" in
+    --reference) packages+=(libopenblas0-pthread python3-torch python3-numpy) ;;
+    -h|--help)
+      sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      exit 0 ;;
+    *)
+      echo "setup.sh: unknown argument '$arg' (try --help)" >&2
+      exit 2 ;;
+  esac
+done
+
+installed() {
+  dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'
+}
+
+missing=()
+for pkg in "${packages[@]}"; do
+  installed "$pkg" || missing+=("$pkg")
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "setup.sh: all required packages are installed"
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "setup.sh: apt-get not found; install these packages by hand: ${missing[*]}" >&2
+  exit 1
+fi
+
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo)
+  else
+    echo "setup.sh: not root and sudo not found; install as root: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+echo "setup.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"

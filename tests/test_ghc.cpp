@@ -134,6 +134,27 @@ TEST(GhcErrors, MismatchedShapesNameExpectedAndGot) {
   EXPECT_NE(msg.find("dC shape: expected 5x12, got 5x13"), std::string::npos) << msg;
 }
 
+TEST(GhcErrors, OverlappingOutputsAreRejectedAndDepthRunsInPlace) {
+  std::mt19937_64 gen(fresh_seed());
+  vwn::dghc<2, 3, double> layer(8);
+  layer.params.W_alpha = randn<double>(4, 5, gen);
+  vwn::dghc<2, 3, double>::workspace ws;
+  vwn::matrix<double> H = randn<double>(5, 12, gen), X(5, 8), C(5, 12), Z = randn<double>(5, 8, gen), out(5, 12);
+  std::string msg = error_of([&] { layer.forward_width(vwn::host, H, X, H, ws); });
+  EXPECT_NE(msg.find("C storage: expected memory separate from H"), std::string::npos) << msg;
+  layer.forward_width(vwn::host, H, X, C, ws);
+  layer.forward_depth(vwn::host, Z, C, out, ws);
+  layer.forward_depth(vwn::host, Z, C, C, ws);  // in place: H_out over C
+  EXPECT_TRUE(close(C, out, 1e-14, 1e-14));
+  std::vector<double> buf(5 * 12 + 1);
+  Eigen::Map<vwn::matrix<double>> C_shifted(buf.data(), 5, 12), out_shifted(buf.data() + 1, 5, 12);
+  msg = error_of([&] { layer.forward_depth(vwn::host, Z, C_shifted, out_shifted, ws); });
+  EXPECT_NE(msg.find("H_out storage: expected memory separate from C"), std::string::npos) << msg;
+  vwn::matrix<double> dH(5, 12);
+  msg = error_of([&] { layer.backward_width(vwn::host, H, X, dH, dH, ws); });
+  EXPECT_NE(msg.find("dH storage: expected memory separate from dC"), std::string::npos) << msg;
+}
+
 TEST(GhcErrors, EmptyBatchAndEmptyWorkspace) {
   vwn::ghc<1, 4> layer(6);
   vwn::ghc<1, 4>::workspace ws;

@@ -96,6 +96,21 @@ void expect_contiguous(std::string_view where, std::string_view name, const M& m
          "outer stride " + std::to_string(m.outerStride()));
 }
 
+/// Checks that the memory of output `out` does not overlap input `in` (a kernel reading `in` while writing
+/// `out` would silently produce wrong numbers).
+template <class A, class B>
+void expect_no_alias(std::string_view where, std::string_view out_name, const A& out, std::string_view in_name,
+                     const B& in) {
+  if (out.size() == 0 || in.size() == 0) return;
+  const auto* o0 = reinterpret_cast<const char*>(out.data());
+  const auto* o1 = reinterpret_cast<const char*>(out.data() + (out.rows() - 1) * out.outerStride() + out.cols());
+  const auto* i0 = reinterpret_cast<const char*>(in.data());
+  const auto* i1 = reinterpret_cast<const char*>(in.data() + (in.rows() - 1) * in.outerStride() + in.cols());
+  if (o0 < i1 && i0 < o1)
+    fail(where, std::string(out_name) + " storage", "memory separate from " + std::string(in_name),
+         "an overlapping view");
+}
+
 /// Fixed number of work chunks over tokens. Each chunk reduces its own partial parameter gradients,
 /// and the partials are added in chunk order, so results do not depend on the thread count.
 inline constexpr index_t reduction_chunks = 32;

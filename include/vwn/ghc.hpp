@@ -218,6 +218,9 @@ class basic_ghc : public width_shape<M, N> {
     const index_t T = detail::expect_tokens(where, "H", H, wide_width());
     detail::expect_shape(where, "X", X, T, D_);
     detail::expect_shape(where, "C", C, T, wide_width());
+    detail::expect_no_alias(where, "X", X, "H", H);
+    detail::expect_no_alias(where, "C", C, "H", H);
+    detail::expect_no_alias(where, "C", C, "X", X);
     ws.tokens = T;
     if constexpr (Dynamic) {
       ws.rstd.resize(T * N);
@@ -248,18 +251,26 @@ class basic_ghc : public width_shape<M, N> {
   }
 
   /// Depth connection, forward: `H_out = b Z + C` per token, with `Z` (`T x D`) the backbone output.
+  /// `H_out` may be `C` itself (in place); any other overlap is rejected.
   void forward_depth(host_t, matrix_cref<Scalar> Z, matrix_cref<Scalar> C, matrix_ref<Scalar> H_out,
                      const workspace& ws) const {
     const std::string where = name() + "::forward_depth";
     const index_t T = check_saved(where, ws, Z);
     detail::expect_shape(where, "C", C, T, wide_width());
     detail::expect_shape(where, "H_out", H_out, T, wide_width());
+    detail::expect_no_alias(where, "H_out", H_out, "Z", Z);
+    const bool in_place = H_out.data() == C.data() && H_out.outerStride() == C.outerStride();
+    if (!in_place) detail::expect_no_alias(where, "H_out", H_out, "C (other than exactly in place)", C);
     detail::for_chunks(T, detail::reduction_chunks, [&](index_t, index_t t0, index_t t1) {
       for (index_t t = t0; t < t1; ++t) {
         const coefficients ab = token_coefficients(ws, t);
         auto Ho = slots(H_out, t);
-        detail::small_product(Ho, ab.template rightCols<M>(), segments(Z, t));
-        Ho += slots(C, t);
+        if (in_place) {
+          detail::small_product<true>(Ho, ab.template rightCols<M>(), segments(Z, t));
+        } else {
+          detail::small_product(Ho, ab.template rightCols<M>(), segments(Z, t));
+          Ho += slots(C, t);
+        }
       }
     });
   }
@@ -273,6 +284,8 @@ class basic_ghc : public width_shape<M, N> {
     const index_t T = check_saved(where, ws, Z);
     detail::expect_shape(where, "dH_out", dH_out, T, wide_width());
     detail::expect_shape(where, "dZ", dZ, T, D_);
+    detail::expect_no_alias(where, "dZ", dZ, "dH_out", dH_out);
+    detail::expect_no_alias(where, "dZ", dZ, "Z", Z);
     const index_t chunks = detail::chunk_count(T);
     std::vector<fixed_matrix<Scalar, N, M>> partial(static_cast<std::size_t>(chunks),
                                                     fixed_matrix<Scalar, N, M>::Zero());
@@ -306,6 +319,9 @@ class basic_ghc : public width_shape<M, N> {
     detail::expect_shape(where, "H", H, T, wide_width());
     detail::expect_shape(where, "dC", dC, T, wide_width());
     detail::expect_shape(where, "dH", dH, T, wide_width());
+    detail::expect_no_alias(where, "dH", dH, "H", H);
+    detail::expect_no_alias(where, "dH", dH, "dX", dX);
+    detail::expect_no_alias(where, "dH", dH, "dC", dC);
     const index_t chunks = detail::chunk_count(T);
     struct partial_grads {
       coefficients d_static = coefficients::Zero();  // [dalpha | dbeta]

@@ -65,7 +65,7 @@ void accumulate_sparse(sparse_rows<Scalar>& out, std::span<const std::int32_t> t
 
 /// Direct over-width embedding of shape `(M, N)`: table `E` of `V x D'`, `H0[t] = E[token[t]]`.
 template <int M, int N, class Scalar = float>
-class overwidth_embedding : public width_shape<M, N> {
+class overwidth_embedding : public widths<M, N> {
   static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
 
  public:
@@ -89,7 +89,7 @@ class overwidth_embedding : public width_shape<M, N> {
 
   /// Embedding for vocabulary size `V` and backbone width `D` (a positive multiple of `M`).
   overwidth_embedding(index_t V, index_t D, std::uint64_t seed = 1)
-      : V_(V), D_(D), db_(width_shape<M, N>::block_width(name() + "::overwidth_embedding", D)) {
+      : widths<M, N>(name() + "::overwidth_embedding", D), V_(V) {
     if (V <= 0) detail::fail(name(), "vocabulary size", "V >= 1", std::to_string(V));
     params.E.resize(V, wide_width());
     reset_parameters(seed);
@@ -100,10 +100,6 @@ class overwidth_embedding : public width_shape<M, N> {
   static std::string name() { return "vwn::overwidth_embedding<" + std::to_string(M) + "," + std::to_string(N) + ">"; }
   /// Vocabulary size.
   index_t vocabulary() const { return V_; }
-  /// Backbone width `D`.
-  index_t width() const { return D_; }
-  /// Over-width `D' = n D / m`.
-  index_t wide_width() const { return N * db_; }
 
   /// Draws `E` from N(0, 0.02^2) with the given seed.
   void reset_parameters(std::uint64_t seed) {
@@ -133,12 +129,19 @@ class overwidth_embedding : public width_shape<M, N> {
   }
 
  private:
-  index_t V_, D_, db_;
+  index_t V_;
+  using widths<M, N>::D_;
+  using widths<M, N>::db_;
+
+ public:
+  using widths<M, N>::width;
+  using widths<M, N>::block_width;
+  using widths<M, N>::wide_width;
 };
 
 /// Low-rank over-width embedding of shape `(M, N)` (eq. 3): `H0[t] = W_expand E_base[token[t]]`.
 template <int M, int N, class Scalar = float>
-class lowrank_overwidth_embedding : public width_shape<M, N> {
+class lowrank_overwidth_embedding : public widths<M, N> {
   static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
 
  public:
@@ -165,7 +168,7 @@ class lowrank_overwidth_embedding : public width_shape<M, N> {
 
   /// Embedding for vocabulary size `V` and backbone width `D` (a positive multiple of `M`).
   lowrank_overwidth_embedding(index_t V, index_t D, std::uint64_t seed = 1)
-      : V_(V), D_(D), db_(width_shape<M, N>::block_width(name() + "::lowrank_overwidth_embedding", D)) {
+      : widths<M, N>(name() + "::lowrank_overwidth_embedding", D), V_(V) {
     if (V <= 0) detail::fail(name(), "vocabulary size", "V >= 1", std::to_string(V));
     params.E_base.resize(V, D);
     params.W_expand.resize(wide_width(), D);
@@ -179,10 +182,6 @@ class lowrank_overwidth_embedding : public width_shape<M, N> {
   }
   /// Vocabulary size.
   index_t vocabulary() const { return V_; }
-  /// Backbone width `D`.
-  index_t width() const { return D_; }
-  /// Over-width `D' = n D / m`.
-  index_t wide_width() const { return N * db_; }
 
   /// Draws `E_base` from N(0, 0.02^2) and `W_expand` from N(0, 1/D).
   void reset_parameters(std::uint64_t seed) {
@@ -222,7 +221,14 @@ class lowrank_overwidth_embedding : public width_shape<M, N> {
     return e;
   }
 
-  index_t V_, D_, db_;
+  index_t V_;
+  using widths<M, N>::D_;
+  using widths<M, N>::db_;
+
+ public:
+  using widths<M, N>::width;
+  using widths<M, N>::block_width;
+  using widths<M, N>::wide_width;
 };
 
 }  // namespace vwn

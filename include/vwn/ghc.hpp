@@ -152,7 +152,7 @@ void small_product_nt(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
 /// ```
 /// Parameter gradients accumulate into `grads` (`zero_grad()` clears them), as in llm.c and PyTorch.
 template <int M, int N, class Scalar, bool Dynamic>
-class basic_ghc : public width_shape<M, N> {
+class basic_ghc : public widths<M, N> {
   static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
 
  public:
@@ -169,7 +169,7 @@ class basic_ghc : public width_shape<M, N> {
   parameters grads;   ///< accumulated gradients, same shapes
 
   /// A sub-layer for backbone width `D` (must be a positive multiple of `M`), initialised per the paper.
-  explicit basic_ghc(index_t D) : D_(D), db_(shape::block_width(name() + "::basic_ghc", D)) {
+  explicit basic_ghc(index_t D) : widths<M, N>(name() + "::basic_ghc", D) {
     if constexpr (Dynamic) {
       for (parameters* p : {&params, &grads}) {
         p->W_alpha.resize(db_, M + N);
@@ -185,12 +185,6 @@ class basic_ghc : public width_shape<M, N> {
   static std::string name() {
     return std::string(Dynamic ? "vwn::dghc<" : "vwn::ghc<") + std::to_string(M) + "," + std::to_string(N) + ">";
   }
-  /// Backbone width `D`.
-  index_t width() const { return D_; }
-  /// Block (slot) width `db = D / m`.
-  index_t block_width() const { return db_; }
-  /// Over-width `D' = n db`.
-  index_t wide_width() const { return N * db_; }
 
   /// Restores the paper's initialisation: alpha per eq. (16), beta per eq. (15); W = 0, S = 1, g = 1.
   void reset_parameters() {
@@ -465,8 +459,13 @@ class basic_ghc : public width_shape<M, N> {
     return ws.tokens;
   }
 
-  index_t D_;
-  index_t db_;
+  using widths<M, N>::D_;
+  using widths<M, N>::db_;
+
+ public:
+  using widths<M, N>::width;
+  using widths<M, N>::block_width;
+  using widths<M, N>::wide_width;
 };
 
 /// Static Generalized Hyper-Connection of shape `(M, N)`: `ghc<2, 3>` widens by 1.5x.

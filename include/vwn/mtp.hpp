@@ -15,7 +15,7 @@ namespace vwn {
 
 /// Block-level MTP mixer of shape `(M, N)`.
 template <int M, int N, class Scalar = float>
-class mtp_mixer : public width_shape<M, N> {
+class mtp_mixer : public widths<M, N> {
   static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
 
  public:
@@ -35,7 +35,7 @@ class mtp_mixer : public width_shape<M, N> {
 
   /// Mixer for backbone width `D` (a positive multiple of `M`).
   explicit mtp_mixer(index_t D, std::uint64_t seed = 3)
-      : D_(D), db_(width_shape<M, N>::block_width(name() + "::mtp_mixer", D)) {
+      : widths<M, N>(name() + "::mtp_mixer", D) {
     params.W_mix.resize(db_, 2 * db_);
     reset_parameters(seed);
     zero_grad();
@@ -43,10 +43,6 @@ class mtp_mixer : public width_shape<M, N> {
 
   /// Library name with shape.
   static std::string name() { return "vwn::mtp_mixer<" + std::to_string(M) + "," + std::to_string(N) + ">"; }
-  /// Backbone width `D`.
-  index_t width() const { return D_; }
-  /// Over-width `D'`.
-  index_t wide_width() const { return N * db_; }
 
   /// `W_mix` from N(0, 1/(2db)).
   void reset_parameters(std::uint64_t seed) {
@@ -97,7 +93,13 @@ class mtp_mixer : public width_shape<M, N> {
   auto slot_rows(const Scalar* p, index_t T) const { return Eigen::Map<const matrix<Scalar>>(p, T * N, db_); }
   auto slot_rows(Scalar* p, index_t T) const { return Eigen::Map<matrix<Scalar>>(p, T * N, db_); }
 
-  index_t D_, db_;
+  using widths<M, N>::D_;
+  using widths<M, N>::db_;
+
+ public:
+  using widths<M, N>::width;
+  using widths<M, N>::block_width;
+  using widths<M, N>::wide_width;
 };
 
 }  // namespace vwn

@@ -16,7 +16,7 @@ namespace vwn {
 
 /// GroupNorm + linear reduce `D' -> D` of shape `(M, N)`.
 template <int M, int N, class Scalar = float>
-class reduce_head : public width_shape<M, N> {
+class reduce_head : public widths<M, N> {
   static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
 
  public:
@@ -60,7 +60,7 @@ class reduce_head : public width_shape<M, N> {
 
   /// Head for backbone width `D` (a positive multiple of `M`).
   explicit reduce_head(index_t D, std::uint64_t seed = 2)
-      : D_(D), db_(width_shape<M, N>::block_width(name() + "::reduce_head", D)) {
+      : widths<M, N>(name() + "::reduce_head", D) {
     for (parameters* p : {&params, &grads}) {
       if constexpr (has_groupnorm) {
         p->gn_weight.resize(wide_width());
@@ -74,10 +74,6 @@ class reduce_head : public width_shape<M, N> {
 
   /// Library name with shape.
   static std::string name() { return "vwn::reduce_head<" + std::to_string(M) + "," + std::to_string(N) + ">"; }
-  /// Backbone width `D`.
-  index_t width() const { return D_; }
-  /// Over-width `D'`.
-  index_t wide_width() const { return N * db_; }
 
   /// GroupNorm weight 1, bias 0, `W_reduce` from N(0, 1/D').
   void reset_parameters(std::uint64_t seed) {
@@ -152,7 +148,13 @@ class reduce_head : public width_shape<M, N> {
   }
 
  private:
-  index_t D_, db_;
+  using widths<M, N>::D_;
+  using widths<M, N>::db_;
+
+ public:
+  using widths<M, N>::width;
+  using widths<M, N>::block_width;
+  using widths<M, N>::wide_width;
 };
 
 }  // namespace vwn

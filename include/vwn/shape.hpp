@@ -41,6 +41,25 @@ struct width_shape {
   }
 };
 
+/// Run-time widths of a module of shape `(M, N)`: backbone `D`, block `db = D/m`, over-width `D' = n db`.
+/// The base of every vwn module; the constructor checks `D`.
+template <int M, int N>
+class widths : public width_shape<M, N> {
+ public:
+  /// Backbone width `D`.
+  index_t width() const { return D_; }
+  /// Block (slot) width `db = D / m`.
+  index_t block_width() const { return db_; }
+  /// Over-width `D' = n db`.
+  index_t wide_width() const { return N * db_; }
+
+ protected:
+  /// Checks that `D` is a positive multiple of `M` (std::invalid_argument naming `where` otherwise).
+  widths(std::string_view where, index_t D) : D_(D), db_(width_shape<M, N>::block_width(where, D)) {}
+  index_t D_;   ///< backbone width
+  index_t db_;  ///< block width
+};
+
 /// Per-token cost of one GHC sub-layer at backbone width `D` (paper, section 3.5), plus the bytes each
 /// host/device pass moves, used by the benchmarks to compare measured time with these counts.
 struct ghc_cost {

@@ -1,6 +1,7 @@
 #pragma once
 /// \file vwn.hpp
-/// Umbrella header of vwn: Virtual Width Networks primitives, host (Eigen) back end.
+/// Umbrella header of vwn: Virtual Width Networks primitives and the host (Eigen) back end, the
+/// building blocks and training utilities of the reference transformer, and safetensors I/O.
 
 #include "config.hpp"
 #include "random.hpp"
@@ -9,3 +10,8 @@
 #include "embedding.hpp"
 #include "reduce.hpp"
 #include "mtp.hpp"
+#include "nn.hpp"
+#include "optim.hpp"
+#include "data.hpp"
+#include "model.hpp"
+#include "safetensors.hpp"

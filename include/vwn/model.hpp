@@ -1,0 +1,363 @@
+#pragma once
+/// \file model.hpp
+/// The reference transformer of docs/model.md on the host back end: over-width embedding, `L` pre-norm
+/// blocks (causal multi-head attention with RoPE, SwiGLU FFN), every sub-layer wrapped by a GHC or DGHC of
+/// shape `(M, N)`, the GroupNorm + reduce head, a final RMSNorm, an untied unembedding, and optionally the
+/// multi-token-prediction head (depth 1) with the block-level mixer. Manual backward for every part,
+/// llm.c style: every activation is commented with its shape (`BT = B*T` token rows).
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "embedding.hpp"
+#include "ghc.hpp"
+#include "mtp.hpp"
+#include "nn.hpp"
+#include "reduce.hpp"
+
+namespace vwn::model {
+
+/// Run-time settings of the reference transformer.
+struct config {
+  index_t vocab = 256;           ///< vocabulary (bytes)
+  index_t width = 64;            ///< backbone width `D` (a multiple of `m` and of `heads`)
+  index_t layers = 2;            ///< transformer blocks `L`
+  index_t heads = 4;             ///< attention heads; head width `D / heads` must be even
+  index_t ffn_width = 0;         ///< SwiGLU hidden width `F`; 0 picks `8/3 D` rounded up to a multiple of 8
+  index_t context = 64;          ///< longest sequence `T`
+  bool lowrank_embedding = false;  ///< `H0 = W_expand E_base[token]` instead of a `V x D'` table
+  bool mtp = false;              ///< multi-token-prediction head (next-2-token loss)
+  double mtp_lambda = 0.3;       ///< weight of the next-2-token loss
+  std::uint64_t seed = 1;        ///< parameter initialisation seed
+
+  /// `F` after applying the default.
+  index_t ffn() const { return ffn_width > 0 ? ffn_width : ((8 * width / 3 + 7) / 8) * 8; }
+};
+
+/// Losses of one forward pass.
+struct losses {
+  double total = 0;  ///< `next + lambda * next2`
+  double next = 0;   ///< next-token cross-entropy (nats)
+  double next2 = 0;  ///< next-2-token cross-entropy (0 without MTP)
+};
+
+/// The reference transformer with width connections of shape `(M, N)`, static (`Dynamic = false`) or
+/// dynamic GHC, in `Scalar` precision.
+template <int M, int N, bool Dynamic, class Scalar = float>
+class transformer {
+ public:
+  using scalar = Scalar;
+  using ghc_type = basic_ghc<M, N, Scalar, Dynamic>;
+  using mat = matrix<Scalar>;
+
+  /// One pre-norm block: attention and FFN sub-layers, each wrapped by its own GHC.
+  struct block {
+    ghc_type ghc_attn, ghc_ffn;
+    nn::rmsnorm<Scalar> attn_norm, ffn_norm;
+    nn::linear<Scalar> qkv;  ///< fused `3D x D`: rows `[Wq; Wk; Wv]`
+    nn::linear<Scalar> proj; ///< `D x D` output projection `Wo`
+    nn::swiglu<Scalar> ffn;
+    // Saved activations of the last forward.
+    mat H_in, H_mid, H_out;          // (BT, D') inputs of the two sub-layers and the block output
+    mat X, C, a, qkv_out, o, z;      // attention: (BT, D), (BT, D'), (BT, D), (BT, 3D), (BT, D), (BT, D)
+    mat X2, C2, a2, z2;              // FFN: (BT, D), (BT, D'), (BT, D), (BT, D)
+    typename ghc_type::workspace ws_attn, ws_ffn;
+    typename nn::rmsnorm<Scalar>::workspace ws_an, ws_fn;
+    typename nn::causal_attention<Scalar>::workspace ws_att;
+    typename nn::swiglu<Scalar>::workspace ws_ff;
+
+    block(const config& c, std::uint64_t seed)
+        : ghc_attn(c.width), ghc_ffn(c.width), attn_norm(c.width), ffn_norm(c.width),
+          qkv(c.width, 3 * c.width, seed), proj(c.width, c.width, seed + 1), ffn(c.width, c.ffn(), seed + 2) {
+      // GPT-2 style: 0.02 for the inputs, 0.02/sqrt(2L) for the projections back into the residual stream.
+      rng r(seed + 3);
+      r.fill_normal(qkv.params.W, 0.02);
+      r.fill_normal(proj.params.W, 0.02 / std::sqrt(2.0 * double(c.layers)));
+      r.fill_normal(ffn.params.W1, 0.02);
+      r.fill_normal(ffn.params.W3, 0.02);
+      r.fill_normal(ffn.params.W2, 0.02 / std::sqrt(2.0 * double(c.layers)));
+    }
+
+    template <class F>
+    void visit(const std::string& prefix, F&& f) {
+      visit_module(prefix + "ghc_attn.", ghc_attn, f);
+      visit_module(prefix + "attn_norm.", attn_norm, f);
+      visit_module(prefix + "qkv.", qkv, f);
+      visit_module(prefix + "proj.", proj, f);
+      visit_module(prefix + "ghc_ffn.", ghc_ffn, f);
+      visit_module(prefix + "ffn_norm.", ffn_norm, f);
+      visit_module(prefix + "ffn.", ffn, f);
+    }
+  };
+
+  /// Builds and initialises the model; throws std::invalid_argument for inconsistent settings.
+  explicit transformer(const config& c)
+      : cfg_(check(c)), rope_(c.width / c.heads, c.context), attn_(c.heads, c.width / c.heads), head_(c.width, c.seed + 7),
+        final_norm_(c.width), out_(c.width, c.vocab, c.seed + 8), ce_(c.vocab) {
+    if (c.lowrank_embedding)
+      lowrank_.emplace(c.vocab, c.width, c.seed);
+    else
+      direct_.emplace(c.vocab, c.width, c.seed);
+    rng r(c.seed + 9);
+    r.fill_normal(out_.params.W, 0.02);
+    for (index_t l = 0; l < c.layers; ++l) blocks_.push_back(std::make_unique<block>(c, c.seed + 100 * (l + 1)));
+    if (c.mtp) {
+      mtp_block_ = std::make_unique<block>(c, c.seed + 100 * (c.layers + 1));
+      mixer_.emplace(c.width, c.seed + 10);
+      slot_norm_h_.emplace(c.width / M);
+      slot_norm_e_.emplace(c.width / M);
+    }
+    zero_grad();
+  }
+
+  /// The settings.
+  const config& settings() const { return cfg_; }
+  /// Library name with shape, e.g. "vwn::model::transformer<2,3,dynamic>".
+  static std::string name() {
+    return "vwn::model::transformer<" + std::to_string(M) + "," + std::to_string(N) + (Dynamic ? ",dynamic>" : ",static>");
+  }
+  /// Over-width `D'`.
+  index_t wide_width() const { return N * (cfg_.width / M); }
+
+  /// Visits every parameter with its gradient: `f(name, param, grad, size, weight_decay)`, names such as
+  /// `blocks.0.ghc_attn.alpha`, in a fixed order (the checkpoint order).
+  template <class F>
+  void visit(F&& f) {
+    if (direct_) {
+      f(std::string("embed.E"), direct_->params.E.data(), dE_.data(), index_t(dE_.size()), false);
+    } else {
+      f(std::string("embed.E_base"), lowrank_->params.E_base.data(), dE_.data(), index_t(dE_.size()), false);
+      f(std::string("embed.W_expand"), lowrank_->params.W_expand.data(), lowrank_->grads.W_expand.data(),
+        index_t(lowrank_->params.W_expand.size()), true);
+    }
+    for (std::size_t l = 0; l < blocks_.size(); ++l) blocks_[l]->visit("blocks." + std::to_string(l) + ".", f);
+    visit_module("head.", head_, f);
+    visit_module("final_norm.", final_norm_, f);
+    visit_module("unembed.", out_, f);
+    if (mtp_block_) {
+      visit_module("mtp.norm_h.", *slot_norm_h_, f);
+      visit_module("mtp.norm_e.", *slot_norm_e_, f);
+      visit_module("mtp.mixer.", *mixer_, f);
+      mtp_block_->visit("mtp.block.", f);
+    }
+  }
+
+  /// Clears every gradient.
+  void zero_grad() {
+    dE_.setZero(direct_ ? cfg_.vocab : cfg_.vocab, direct_ ? wide_width() : cfg_.width);
+    visit([](const std::string&, Scalar*, Scalar* g, index_t size, bool) { std::fill(g, g + size, Scalar(0)); });
+  }
+
+  /// Forward over `B` sequences of `T` tokens: `inputs`, `next` (targets at t+1) and, with MTP, `next2`
+  /// (targets at t+2), each of length `B*T`, sequence `b` at `b*T .. b*T+T-1`. Saves the activations.
+  losses forward(host_t, std::span<const std::int32_t> inputs, std::span<const std::int32_t> next,
+                 std::span<const std::int32_t> next2, index_t T) {
+    const std::string where = name() + "::forward";
+    const index_t BT = index_t(inputs.size());
+    if (T < 1 || T > cfg_.context)
+      detail::fail(where, "sequence length T", "1 <= T <= context = " + std::to_string(cfg_.context), std::to_string(T));
+    detail::expect_sequences(where, "inputs", BT, T);
+    if (index_t(next.size()) != BT) detail::fail(where, "next-token targets", std::to_string(BT), std::to_string(next.size()));
+    if (cfg_.mtp && index_t(next2.size()) != BT)
+      detail::fail(where, "next-2-token targets", std::to_string(BT), std::to_string(next2.size()));
+    T_ = T;
+    const index_t Dw = wide_width();
+    H0_.resize(BT, Dw);  // (BT, D')
+    embed(inputs, H0_);
+    const mat* H = &H0_;
+    for (auto& b : blocks_) H = &block_forward(*b, *H, T);
+    losses out;
+    out.next = head_forward(*H, next, main_);
+    if (cfg_.mtp) {
+      const index_t db = cfg_.width / M;
+      A_.resize(BT, Dw);   // (BT, D') per-slot normalised H_L
+      E1_.resize(BT, Dw);  // (BT, D') over-width embedding of the next token
+      B_.resize(BT, Dw);   // (BT, D') per-slot normalised E1
+      U_.resize(BT, Dw);   // (BT, D') mixer output
+      slot_norm_h_->forward(host, slots(*H, db), slots(A_, db), ws_nh_);
+      embed(next, E1_);
+      slot_norm_e_->forward(host, slots(E1_, db), slots(B_, db), ws_ne_);
+      mixer_->forward(host, A_, B_, U_);
+      const mat& U2 = block_forward(*mtp_block_, U_, T);
+      out.next2 = head_forward(U2, next2, mtp_);
+    }
+    out.total = out.next + (cfg_.mtp ? cfg_.mtp_lambda * out.next2 : 0.0);
+    H_last_ = H;
+    inputs_.assign(inputs.begin(), inputs.end());
+    next_.assign(next.begin(), next.end());
+    next2_.assign(next2.begin(), next2.end());
+    return out;
+  }
+
+  /// Backward of the last forward: accumulates every parameter gradient (of `total`).
+  void backward(host_t) {
+    const std::string where = name() + "::backward";
+    if (!H_last_) detail::fail(where, "state", "a preceding forward", "none");
+    const index_t BT = index_t(inputs_.size()), Dw = wide_width();
+    mat dH(BT, Dw);  // (BT, D') gradient of H_L
+    head_backward(*H_last_, next_, main_, Scalar(1), dH);
+    if (cfg_.mtp) {
+      const index_t db = cfg_.width / M;
+      mat dU2(BT, Dw);
+      head_backward(mtp_block_->H_out, next2_, mtp_, Scalar(cfg_.mtp_lambda), dU2);
+      mat dU(BT, Dw), dA(BT, Dw), dB(BT, Dw), dE1(BT, Dw), dHm(BT, Dw);
+      block_backward(*mtp_block_, dU2, dU, T_);
+      mixer_->backward(host, A_, B_, dU, dA, dB);
+      slot_norm_e_->backward(host, slots(E1_, db), slots(dB, db), slots(dE1, db), ws_ne_);
+      embed_backward(next_, dE1);
+      slot_norm_h_->backward(host, slots(*H_last_, db), slots(dA, db), slots(dHm, db), ws_nh_);
+      dH += dHm;
+    }
+    mat dprev(BT, Dw);
+    for (std::size_t l = blocks_.size(); l-- > 0;) {
+      block_backward(*blocks_[l], dH, dprev, T_);
+      dH.swap(dprev);
+    }
+    embed_backward(inputs_, dH);
+  }
+
+ private:
+  // Per-head state of the output head (the head's parameters are shared by the main and MTP passes).
+  struct head_state {
+    mat h, hn, logits;  // (BT, D), (BT, D), (BT, V)
+    typename reduce_head<M, N, Scalar>::workspace ws_head;
+    typename nn::rmsnorm<Scalar>::workspace ws_fin;
+    typename nn::cross_entropy<Scalar>::workspace ws_ce;
+  };
+
+  static const config& check(const config& c) {
+    const std::string where = name();
+    (void)width_shape<M, N>::block_width(where, c.width);
+    detail::expect_positive(where, "vocabulary", c.vocab);
+    detail::expect_positive(where, "layers", c.layers);
+    detail::expect_positive(where, "heads", c.heads);
+    if (c.width % c.heads != 0 || (c.width / c.heads) % 2 != 0)
+      detail::fail(where, "heads", "a divisor of D = " + std::to_string(c.width) + " with an even head width",
+                   std::to_string(c.heads));
+    if (!(c.mtp_lambda >= 0)) detail::fail(where, "mtp_lambda", ">= 0", std::to_string(c.mtp_lambda));
+    return c;
+  }
+
+  template <class Module, class F>
+  static void visit_module(const std::string& prefix, Module& m, F& f) {
+    std::vector<std::pair<Scalar*, index_t>> grads;
+    m.grads.visit([&](std::string_view, Scalar* g, index_t size, bool) { grads.emplace_back(g, size); });
+    std::size_t i = 0;
+    m.params.visit([&](std::string_view name, Scalar* p, index_t size, bool decay) {
+      f(prefix + std::string(name), p, grads[i++].first, size, decay);
+    });
+  }
+
+  // A (BT, D') batch viewed as (BT n, db) slot rows.
+  static Eigen::Map<mat> slots(mat& x, index_t db) { return Eigen::Map<mat>(x.data(), x.rows() * N, db); }
+  static Eigen::Map<const mat> slots(const mat& x, index_t db) {
+    return Eigen::Map<const mat>(x.data(), x.rows() * N, db);
+  }
+
+  void embed(std::span<const std::int32_t> tokens, mat& H) const {
+    if (direct_)
+      direct_->forward(host, tokens, H);
+    else
+      lowrank_->forward(host, tokens, H);
+  }
+  void embed_backward(std::span<const std::int32_t> tokens, const mat& dH) {
+    if (direct_) {
+      direct_->zero_grad();
+      direct_->backward(host, tokens, dH);
+      direct_->grads.E.add_to(dE_);
+    } else {
+      lowrank_->grads.E_base.clear();
+      lowrank_->backward(host, tokens, dH);  // accumulates W_expand's gradient directly
+      lowrank_->grads.E_base.add_to(dE_);
+    }
+  }
+
+  // One block on H (BT, D'); returns its output (BT, D'), kept in the block.
+  const mat& block_forward(block& b, const mat& H, index_t T) {
+    const index_t BT = H.rows(), D = cfg_.width, Dw = wide_width();
+    b.H_in = H;
+    b.X.resize(BT, D), b.C.resize(BT, Dw), b.a.resize(BT, D), b.qkv_out.resize(BT, 3 * D), b.o.resize(BT, D),
+        b.z.resize(BT, D), b.H_mid.resize(BT, Dw);
+    b.ghc_attn.forward_width(host, b.H_in, b.X, b.C, b.ws_attn);
+    b.attn_norm.forward(host, b.X, b.a, b.ws_an);
+    b.qkv.forward(host, b.a, b.qkv_out);
+    rope_.forward(host, b.qkv_out.leftCols(D), T);
+    rope_.forward(host, b.qkv_out.middleCols(D, D), T);
+    attn_.forward(host, b.qkv_out.leftCols(D), b.qkv_out.middleCols(D, D), b.qkv_out.rightCols(D), T, b.o, b.ws_att);
+    b.proj.forward(host, b.o, b.z);
+    b.ghc_attn.forward_depth(host, b.z, b.C, b.H_mid, b.ws_attn);
+    b.X2.resize(BT, D), b.C2.resize(BT, Dw), b.a2.resize(BT, D), b.z2.resize(BT, D), b.H_out.resize(BT, Dw);
+    b.ghc_ffn.forward_width(host, b.H_mid, b.X2, b.C2, b.ws_ffn);
+    b.ffn_norm.forward(host, b.X2, b.a2, b.ws_fn);
+    b.ffn.forward(host, b.a2, b.z2, b.ws_ff);
+    b.ghc_ffn.forward_depth(host, b.z2, b.C2, b.H_out, b.ws_ffn);
+    return b.H_out;
+  }
+
+  // dH_in (BT, D', overwritten) from dH_out.
+  void block_backward(block& b, const mat& dH_out, mat& dH_in, index_t T) {
+    const index_t BT = dH_out.rows(), D = cfg_.width, Dw = wide_width();
+    mat dz2(BT, D), da2(BT, D), dX2(BT, D), dH_mid(BT, Dw);
+    b.ghc_ffn.backward_depth(host, dH_out, b.z2, dz2, b.ws_ffn);
+    b.ffn.backward(host, b.a2, dz2, da2, b.ws_ff);
+    b.ffn_norm.backward(host, b.X2, da2, dX2, b.ws_fn);
+    b.ghc_ffn.backward_width(host, b.H_mid, dX2, dH_out, dH_mid, b.ws_ffn);
+    mat dz(BT, D), d_o(BT, D), dqkv(BT, 3 * D), da(BT, D), dX(BT, D);
+    b.ghc_attn.backward_depth(host, dH_mid, b.z, dz, b.ws_attn);
+    b.proj.backward(host, b.o, dz, d_o);
+    attn_.backward(host, b.qkv_out.leftCols(D), b.qkv_out.middleCols(D, D), b.qkv_out.rightCols(D), d_o,
+                   dqkv.leftCols(D), dqkv.middleCols(D, D), dqkv.rightCols(D), b.ws_att);
+    rope_.backward(host, dqkv.leftCols(D), T);
+    rope_.backward(host, dqkv.middleCols(D, D), T);
+    b.qkv.backward(host, b.a, dqkv, da);
+    b.attn_norm.backward(host, b.X, da, dX, b.ws_an);
+    dH_in.resize(BT, Dw);
+    b.ghc_attn.backward_width(host, b.H_in, dX, dH_mid, dH_in, b.ws_attn);
+  }
+
+  double head_forward(const mat& H, std::span<const std::int32_t> targets, head_state& s) {
+    const index_t BT = H.rows();
+    s.h.resize(BT, cfg_.width), s.hn.resize(BT, cfg_.width), s.logits.resize(BT, cfg_.vocab);
+    head_.forward(host, H, s.h, s.ws_head);
+    final_norm_.forward(host, s.h, s.hn, s.ws_fin);
+    out_.forward(host, s.hn, s.logits);
+    return ce_.forward(host, s.logits, targets, s.ws_ce);
+  }
+
+  // dH (BT, D', overwritten) of `scale` times the head's loss.
+  void head_backward(const mat& H, std::span<const std::int32_t> targets, head_state& s, Scalar scale, mat& dH) {
+    const index_t BT = H.rows();
+    mat dlogits(BT, cfg_.vocab), dhn(BT, cfg_.width), dh(BT, cfg_.width);
+    ce_.backward(host, targets, dlogits, s.ws_ce, scale);
+    out_.backward(host, s.hn, dlogits, dhn);
+    final_norm_.backward(host, s.h, dhn, dh, s.ws_fin);
+    head_.backward(host, H, dh, dH, s.ws_head);
+  }
+
+  config cfg_;
+  std::optional<overwidth_embedding<M, N, Scalar>> direct_;
+  std::optional<lowrank_overwidth_embedding<M, N, Scalar>> lowrank_;
+  mat dE_;  // dense gradient of the embedding table: (V, D') direct, (V, D) low-rank
+  std::vector<std::unique_ptr<block>> blocks_;
+  nn::rope<Scalar> rope_;
+  nn::causal_attention<Scalar> attn_;
+  reduce_head<M, N, Scalar> head_;
+  nn::rmsnorm<Scalar> final_norm_;
+  nn::linear<Scalar> out_;
+  nn::cross_entropy<Scalar> ce_;
+  std::unique_ptr<block> mtp_block_;
+  std::optional<mtp_mixer<M, N, Scalar>> mixer_;
+  std::optional<nn::rmsnorm<Scalar>> slot_norm_h_, slot_norm_e_;
+  typename nn::rmsnorm<Scalar>::workspace ws_nh_, ws_ne_;
+  head_state main_, mtp_;
+  mat H0_, A_, B_, E1_, U_;
+  const mat* H_last_ = nullptr;
+  index_t T_ = 0;
+  std::vector<std::int32_t> inputs_, next_, next2_;
+};
+
+}  // namespace vwn::model

@@ -1,0 +1,604 @@
+#pragma once
+/// \file nn.hpp
+/// Host building blocks of the reference transformer (decoder-only, pre-norm, no biases), each with a
+/// forward and a hand-written backward. `Scalar` is float or double.
+///
+/// Conventions shared by every block:
+///  - a batch of `B` sequences of `T` tokens is a row-major `(B*T) x width` matrix, sequence `b` in rows
+///    `b*T .. b*T+T-1`; views (`matrix_cref` / `matrix_ref`) may have any outer stride, so column blocks of
+///    a fused matrix (e.g. `q | k | v`) can be passed directly;
+///  - the execution policy `vwn::host` comes first;
+///  - `forward` fills a `workspace` with what `backward` needs (blocks that need nothing take none);
+///  - `backward` overwrites input gradients (`dx`, `dq`, ...) and accumulates parameter gradients into `grads`
+///    (cleared by `zero_grad()`), as in llm.c and PyTorch;
+///  - blocks with parameters hold `params` and `grads` of the same shapes, with
+///    `visit(f(name, data, size, weight_decay))` for the optimiser, as the other vwn modules do;
+///  - sizes are checked once at the API boundary (std::invalid_argument naming what was expected and what was
+///    got); class targets out of range throw std::out_of_range naming the position and the value.
+///
+/// The blocks:
+/// ```
+///   nn::rmsnorm<S>          norm(C);             norm.forward(host, x, y, ws);             // x, y: N x C
+///                                                norm.backward(host, x, dy, dx, ws);
+///   nn::linear<S>           proj(in, out);       proj.forward(host, x, y);                 // x: N x in, y: N x out
+///                                                proj.backward(host, x, dy, dx);
+///   nn::rope<S>             rot(hd, max_T);      rot.forward(host, q, T);                  // q: (B*T) x (H*hd), in place
+///                                                rot.backward(host, dq, T);                // in place
+///   nn::causal_attention<S> attn(H, hd);         attn.forward(host, q, k, v, T, y, ws);    // all (B*T) x (H*hd)
+///                                                attn.backward(host, q, k, v, dy, dq, dk, dv, ws);
+///   nn::swiglu<S>           ffn(C, F);           ffn.forward(host, x, y, ws);              // x, y: N x C
+///                                                ffn.backward(host, x, dy, dx, ws);
+///   nn::cross_entropy<S>    ce(V);               double L = ce.forward(host, logits, targets, ws); // N x V
+///                                                ce.backward(host, targets, dlogits, ws, scale);
+/// ```
+
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config.hpp"
+#include "detail/norm.hpp"
+#include "random.hpp"
+
+namespace vwn {
+namespace detail {
+
+/// Number of sequences of length `T` in a batch of `rows` token rows; throws unless `rows` is a positive
+/// multiple of `T`.
+inline index_t expect_sequences(std::string_view where, std::string_view name, index_t rows, index_t T) {
+  if (T <= 0) fail(where, "sequence length T", "T >= 1", "T = " + std::to_string(T));
+  if (rows % T != 0)
+    fail(where, std::string(name) + " row count",
+         "a multiple of the sequence length T = " + std::to_string(T), std::to_string(rows) + " rows");
+  return rows / T;
+}
+
+/// Throws unless `size >= 1`.
+inline void expect_positive(std::string_view where, std::string_view what, index_t size) {
+  if (size <= 0) fail(where, what, ">= 1", std::to_string(size));
+}
+
+}  // namespace detail
+
+/// Building blocks of the reference transformer (host back end).
+namespace nn {
+
+/// RMSNorm over the rows of `x` (`N x C`): `y = x / sqrt(mean(x^2) + eps) * w`, `eps = vwn::norm_eps`,
+/// weight `w` of length `C`.
+template <class Scalar>
+class rmsnorm {
+  static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
+
+ public:
+  using scalar = Scalar;
+  /// Parameters (or their gradients).
+  struct parameters {
+    vector<Scalar> w;  ///< `C` scale (init 1), no weight decay
+    /// Visits `f(name, data, size, weight_decay)`.
+    template <class F>
+    void visit(F&& f) {
+      f("w", w.data(), index_t(w.size()), false);
+    }
+    /// Sets every entry to zero.
+    void set_zero() { w.setZero(); }
+  };
+  /// Saved state between forward and backward.
+  struct workspace {
+    index_t rows = 0;     ///< N of the last forward
+    vector<Scalar> rstd;  ///< `N` per-row 1/rms
+  };
+
+  parameters params;  ///< the weight
+  parameters grads;   ///< accumulated gradient
+
+  /// RMSNorm of width `C >= 1`, weight 1.
+  explicit rmsnorm(index_t C) : C_(C) {
+    detail::expect_positive("vwn::nn::rmsnorm", "width C", C);
+    params.w.resize(C);
+    grads.w.resize(C);
+    reset_parameters();
+    zero_grad();
+  }
+
+  /// Width `C`.
+  index_t width() const { return C_; }
+  /// Weight 1.
+  void reset_parameters() { params.w.setOnes(); }
+  /// Clears the accumulated gradient.
+  void zero_grad() { grads.set_zero(); }
+
+  /// `y` (`N x C`) from `x` (`N x C`); saves `rstd` (`N`).
+  void forward(host_t, matrix_cref<Scalar> x, matrix_ref<Scalar> y, workspace& ws) const {
+    const std::string_view where = "vwn::nn::rmsnorm::forward";
+    const index_t N = detail::expect_tokens(where, "x", x, C_);
+    detail::expect_shape(where, "y", y, N, C_);
+    detail::expect_no_alias(where, "y", y, "x", x);
+    ws.rows = N;
+    ws.rstd.resize(N);
+    detail::for_chunks(N, detail::reduction_chunks, [&](index_t, index_t r0, index_t r1) {
+      for (index_t r = r0; r < r1; ++r) ws.rstd(r) = detail::rms_row_forward(x.row(r), params.w.transpose(), y.row(r));
+    });
+  }
+
+  /// `dx` (`N x C`, overwritten) from `dy` (`N x C`); accumulates the gradient of `w`.
+  void backward(host_t, matrix_cref<Scalar> x, matrix_cref<Scalar> dy, matrix_ref<Scalar> dx, const workspace& ws) {
+    const std::string_view where = "vwn::nn::rmsnorm::backward";
+    if (ws.rows == 0) detail::fail(where, "workspace", "one filled by forward", "an empty workspace");
+    const index_t N = ws.rows;
+    detail::expect_shape(where, "x", x, N, C_);
+    detail::expect_shape(where, "dy", dy, N, C_);
+    detail::expect_shape(where, "dx", dx, N, C_);
+    detail::expect_no_alias(where, "dx", dx, "x", x);
+    detail::expect_no_alias(where, "dx", dx, "dy", dy);
+    // Per-chunk partial dw, added in chunk order: the result does not depend on the thread count.
+    const index_t chunks = detail::chunk_count(N);
+    std::vector<matrix<Scalar>> dw(std::size_t(chunks), matrix<Scalar>::Zero(1, C_));  // chunks x (1 x C)
+    detail::for_chunks(N, chunks, [&](index_t c, index_t r0, index_t r1) {
+      for (index_t r = r0; r < r1; ++r) {
+        dx.row(r).setZero();
+        detail::rms_row_backward(x.row(r), ws.rstd(r), params.w.transpose(), dy.row(r), dx.row(r),
+                                 dw[std::size_t(c)].row(0));
+      }
+    });
+    for (const auto& p : dw) grads.w += p.row(0).transpose();
+  }
+
+ private:
+  index_t C_;
+};
+
+/// Linear map without bias: `y = x W^T`, `x` of `N x in`, `W` of `out x in`, `y` of `N x out`.
+template <class Scalar>
+class linear {
+  static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
+
+ public:
+  using scalar = Scalar;
+  /// Parameters (or their gradients).
+  struct parameters {
+    matrix<Scalar> W;  ///< `out x in` (init N(0, 1/in)), weight decay
+    /// Visits `f(name, data, size, weight_decay)`.
+    template <class F>
+    void visit(F&& f) {
+      f("W", W.data(), index_t(W.size()), true);
+    }
+    /// Sets every entry to zero.
+    void set_zero() { W.setZero(); }
+  };
+
+  parameters params;  ///< the weight
+  parameters grads;   ///< accumulated gradient
+
+  /// Linear map `in -> out` (both >= 1), `W` drawn from N(0, 1/in) with `seed`.
+  linear(index_t in, index_t out, std::uint64_t seed = 4) : in_(in), out_(out) {
+    detail::expect_positive("vwn::nn::linear", "input width", in);
+    detail::expect_positive("vwn::nn::linear", "output width", out);
+    params.W.resize(out, in);
+    grads.W.resize(out, in);
+    reset_parameters(seed);
+    zero_grad();
+  }
+
+  /// Input width.
+  index_t in_width() const { return in_; }
+  /// Output width.
+  index_t out_width() const { return out_; }
+  /// `W` from N(0, 1/in).
+  void reset_parameters(std::uint64_t seed) {
+    rng r(seed);
+    r.fill_normal(params.W, 1.0 / std::sqrt(double(in_)));
+  }
+  /// Clears the accumulated gradient.
+  void zero_grad() { grads.set_zero(); }
+
+  /// `y = x W^T` (`N x out`) from `x` (`N x in`).
+  void forward(host_t, matrix_cref<Scalar> x, matrix_ref<Scalar> y) const {
+    const std::string_view where = "vwn::nn::linear::forward";
+    const index_t N = detail::expect_tokens(where, "x", x, in_);
+    detail::expect_shape(where, "y", y, N, out_);
+    detail::expect_no_alias(where, "y", y, "x", x);
+    y.noalias() = x * params.W.transpose();  // (N, out)
+  }
+
+  /// `dx = dy W` (`N x in`, overwritten) from `dy` (`N x out`); accumulates `dW += dy^T x`.
+  void backward(host_t, matrix_cref<Scalar> x, matrix_cref<Scalar> dy, matrix_ref<Scalar> dx) {
+    const std::string_view where = "vwn::nn::linear::backward";
+    const index_t N = detail::expect_tokens(where, "x", x, in_);
+    detail::expect_shape(where, "dy", dy, N, out_);
+    detail::expect_shape(where, "dx", dx, N, in_);
+    detail::expect_no_alias(where, "dx", dx, "x", x);
+    detail::expect_no_alias(where, "dx", dx, "dy", dy);
+    grads.W.noalias() += dy.transpose() * x;  // (out, in)
+    dx.noalias() = dy * params.W;             // (N, in)
+  }
+
+ private:
+  index_t in_, out_;
+};
+
+/// Rotary position embedding, rotate-half convention: within each head of width `hd` (even), the pair
+/// `(x_i, x_{i+hd/2})`, `i < hd/2`, at position `p` is rotated by the angle `p * base^(-2i/hd)`. Applied in
+/// place to `q` or `k` of `(B*T) x (heads*hd)`, positions `0..T-1` within each of the `B` sequences.
+template <class Scalar>
+class rope {
+  static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
+
+ public:
+  using scalar = Scalar;
+
+  /// Tables for head width `head_dim` (even, >= 2) and positions `0 .. max_tokens-1`; angles in double.
+  rope(index_t head_dim, index_t max_tokens, double base = 10000.0) : hd_(head_dim), base_(base) {
+    const std::string_view where = "vwn::nn::rope";
+    if (head_dim < 2 || head_dim % 2 != 0)
+      detail::fail(where, "head width hd", "an even number >= 2", std::to_string(head_dim));
+    detail::expect_positive(where, "maximum sequence length", max_tokens);
+    if (!(base > 0)) detail::fail(where, "base", "> 0", std::to_string(base));
+    const index_t half = head_dim / 2;
+    cos_.resize(max_tokens, half);
+    sin_.resize(max_tokens, half);
+    for (index_t i = 0; i < half; ++i) {
+      const double freq = std::pow(base, -2.0 * double(i) / double(head_dim));
+      for (index_t p = 0; p < max_tokens; ++p) {
+        cos_(p, i) = Scalar(std::cos(double(p) * freq));
+        sin_(p, i) = Scalar(std::sin(double(p) * freq));
+      }
+    }
+  }
+
+  /// Head width `hd`.
+  index_t head_dim() const { return hd_; }
+  /// Longest sequence the tables cover.
+  index_t max_tokens() const { return cos_.rows(); }
+  /// Frequency base.
+  double base() const { return base_; }
+  /// `cos(p * base^(-2i/hd))`, `max_tokens x hd/2`.
+  const matrix<Scalar>& cos_table() const { return cos_; }
+  /// `sin(p * base^(-2i/hd))`, `max_tokens x hd/2`.
+  const matrix<Scalar>& sin_table() const { return sin_; }
+
+  /// Rotates `x` (`(B*T) x (heads*hd)`) in place; `T` is the sequence length (`1 <= T <= max_tokens`).
+  void forward(host_t, matrix_ref<Scalar> x, index_t T) const { apply("vwn::nn::rope::forward", x, T, Scalar(1)); }
+
+  /// Gradient through `forward`: rotates `dx` (`(B*T) x (heads*hd)`) in place by the inverse angles.
+  void backward(host_t, matrix_ref<Scalar> dx, index_t T) const {
+    apply("vwn::nn::rope::backward", dx, T, Scalar(-1));
+  }
+
+ private:
+  void apply(std::string_view where, matrix_ref<Scalar> x, index_t T, Scalar sign) const {
+    if (x.rows() == 0) detail::fail(where, "x token count", "at least 1 token", "0 (empty batch)");
+    if (x.cols() == 0 || x.cols() % hd_ != 0)
+      detail::fail(where, "x width", "a positive multiple of the head width " + std::to_string(hd_),
+                   std::to_string(x.cols()) + " columns");
+    detail::expect_sequences(where, "x", x.rows(), T);
+    if (T > max_tokens())
+      detail::fail(where, "sequence length T", "at most " + std::to_string(max_tokens()) + " (the table size)",
+                   "T = " + std::to_string(T));
+    const index_t heads = x.cols() / hd_, half = hd_ / 2;
+    detail::for_chunks(x.rows(), detail::reduction_chunks, [&](index_t, index_t r0, index_t r1) {
+      for (index_t r = r0; r < r1; ++r) {
+        const index_t p = r % T;
+        Scalar* row = detail::row_ptr(x, r);
+        for (index_t h = 0; h < heads; ++h) {
+          Scalar* x1 = row + h * hd_;  // (hd/2) first halves
+          Scalar* x2 = x1 + half;      // (hd/2) second halves
+          for (index_t i = 0; i < half; ++i) {
+            const Scalar c = cos_(p, i), s = sign * sin_(p, i);
+            const Scalar a = x1[i], b = x2[i];
+            x1[i] = a * c - b * s;
+            x2[i] = a * s + b * c;
+          }
+        }
+      }
+    });
+  }
+
+  index_t hd_;
+  double base_;
+  matrix<Scalar> cos_;  // (max_tokens, hd/2)
+  matrix<Scalar> sin_;  // (max_tokens, hd/2)
+};
+
+/// Causal multi-head self-attention core: per sequence `b` and head `h`,
+/// `P = softmax(mask(Q K^T / sqrt(hd)))`, `y = P V`, with `Q, K, V` the `T x hd` column blocks of head `h`.
+/// `q`, `k`, `v`, `y`: `(B*T) x (H*hd)` (after rope; the output projection is a separate `linear`).
+template <class Scalar>
+class causal_attention {
+  static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
+
+ public:
+  using scalar = Scalar;
+  /// Saved state between forward and backward.
+  struct workspace {
+    index_t batch = 0;     ///< B of the last forward
+    index_t tokens = 0;    ///< T of the last forward
+    matrix<Scalar> probs;  ///< `B x H x T x T` as `(B*H*T) x T`; the block of (b, h) starts at row `(b*H + h)*T`
+  };
+
+  /// Attention over `heads >= 1` heads of width `head_dim >= 1`.
+  causal_attention(index_t heads, index_t head_dim) : H_(heads), hd_(head_dim) {
+    detail::expect_positive("vwn::nn::causal_attention", "head count", heads);
+    detail::expect_positive("vwn::nn::causal_attention", "head width", head_dim);
+  }
+
+  /// Number of heads `H`.
+  index_t heads() const { return H_; }
+  /// Head width `hd`.
+  index_t head_dim() const { return hd_; }
+  /// Model width `H*hd`.
+  index_t width() const { return H_ * hd_; }
+
+  /// `y` (`(B*T) x (H*hd)`) from `q`, `k`, `v` (same shape); `T` is the sequence length. Saves the
+  /// attention probabilities.
+  void forward(host_t, matrix_cref<Scalar> q, matrix_cref<Scalar> k, matrix_cref<Scalar> v, index_t T,
+               matrix_ref<Scalar> y, workspace& ws) const {
+    const std::string_view where = "vwn::nn::causal_attention::forward";
+    const index_t BT = detail::expect_tokens(where, "q", q, width());
+    const index_t B = detail::expect_sequences(where, "q", BT, T);
+    detail::expect_shape(where, "k", k, BT, width());
+    detail::expect_shape(where, "v", v, BT, width());
+    detail::expect_shape(where, "y", y, BT, width());
+    detail::expect_no_alias(where, "y", y, "q", q);
+    detail::expect_no_alias(where, "y", y, "k", k);
+    detail::expect_no_alias(where, "y", y, "v", v);
+    ws.batch = B;
+    ws.tokens = T;
+    ws.probs.resize(B * H_ * T, T);
+    const Scalar scale = Scalar(1) / std::sqrt(Scalar(hd_));
+    detail::for_chunks(B * H_, B * H_, [&](index_t, index_t i0, index_t i1) {
+      for (index_t i = i0; i < i1; ++i) {
+        const index_t b = i / H_, h = i % H_;
+        const auto Q = q.block(b * T, h * hd_, T, hd_);  // (T, hd)
+        const auto K = k.block(b * T, h * hd_, T, hd_);  // (T, hd)
+        const auto V = v.block(b * T, h * hd_, T, hd_);  // (T, hd)
+        Eigen::Map<matrix<Scalar>> P(ws.probs.data() + i * T * T, T, T);  // (T, T)
+        P.noalias() = scale * Q * K.transpose();
+        for (index_t t = 0; t < T; ++t) {
+          auto seen = P.row(t).head(t + 1);  // keys 0..t
+          const Scalar mx = seen.maxCoeff();
+          seen = (seen.array() - mx).exp().matrix();
+          seen /= seen.sum();
+          P.row(t).tail(T - t - 1).setZero();
+        }
+        y.block(b * T, h * hd_, T, hd_).noalias() = P * V;  // (T, hd)
+      }
+    });
+  }
+
+  /// `dq`, `dk`, `dv` (`(B*T) x (H*hd)`, overwritten) from `dy` and the inputs of the forward that filled `ws`.
+  void backward(host_t, matrix_cref<Scalar> q, matrix_cref<Scalar> k, matrix_cref<Scalar> v, matrix_cref<Scalar> dy,
+                matrix_ref<Scalar> dq, matrix_ref<Scalar> dk, matrix_ref<Scalar> dv, const workspace& ws) const {
+    const std::string_view where = "vwn::nn::causal_attention::backward";
+    if (ws.tokens == 0) detail::fail(where, "workspace", "one filled by forward", "an empty workspace");
+    const index_t B = ws.batch, T = ws.tokens, BT = B * T;
+    detail::expect_shape(where, "q", q, BT, width());
+    detail::expect_shape(where, "k", k, BT, width());
+    detail::expect_shape(where, "v", v, BT, width());
+    detail::expect_shape(where, "dy", dy, BT, width());
+    detail::expect_shape(where, "dq", dq, BT, width());
+    detail::expect_shape(where, "dk", dk, BT, width());
+    detail::expect_shape(where, "dv", dv, BT, width());
+    for (const matrix_cref<Scalar>* in : {&q, &k, &v, &dy}) {
+      detail::expect_no_alias(where, "dq", dq, "an input", *in);
+      detail::expect_no_alias(where, "dk", dk, "an input", *in);
+      detail::expect_no_alias(where, "dv", dv, "an input", *in);
+    }
+    const Scalar scale = Scalar(1) / std::sqrt(Scalar(hd_));
+    detail::for_chunks(B * H_, B * H_, [&](index_t, index_t i0, index_t i1) {
+      matrix<Scalar> dP(T, T);  // (T, T) gradient of P, then of the scores
+      for (index_t i = i0; i < i1; ++i) {
+        const index_t b = i / H_, h = i % H_;
+        const auto Q = q.block(b * T, h * hd_, T, hd_);    // (T, hd)
+        const auto K = k.block(b * T, h * hd_, T, hd_);    // (T, hd)
+        const auto V = v.block(b * T, h * hd_, T, hd_);    // (T, hd)
+        const auto dY = dy.block(b * T, h * hd_, T, hd_);  // (T, hd)
+        const Eigen::Map<const matrix<Scalar>> P(ws.probs.data() + i * T * T, T, T);  // (T, T)
+        dP.noalias() = dY * V.transpose();
+        dv.block(b * T, h * hd_, T, hd_).noalias() = P.transpose() * dY;
+        // Softmax backward per row: dS = P . (dP - <P, dP>); masked entries have P = 0, so dS = 0 there.
+        for (index_t t = 0; t < T; ++t) {
+          const Scalar proj = P.row(t).dot(dP.row(t));
+          dP.row(t) = (P.row(t).array() * (dP.row(t).array() - proj)).matrix();
+        }
+        dq.block(b * T, h * hd_, T, hd_).noalias() = scale * dP * K;
+        dk.block(b * T, h * hd_, T, hd_).noalias() = scale * dP.transpose() * Q;
+      }
+    });
+  }
+
+ private:
+  index_t H_, hd_;
+};
+
+/// SwiGLU feed-forward: `a = x W1^T`, `g = x W3^T` (`N x F`), `h = silu(a) . g`, `y = h W2^T` (`N x C`);
+/// `W1`, `W3` of `F x C`, `W2` of `C x F`.
+template <class Scalar>
+class swiglu {
+  static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
+
+ public:
+  using scalar = Scalar;
+  /// Parameters (or their gradients).
+  struct parameters {
+    matrix<Scalar> W1;  ///< `F x C` gate projection (init N(0, 1/C)), weight decay
+    matrix<Scalar> W2;  ///< `C x F` output projection (init N(0, 1/F)), weight decay
+    matrix<Scalar> W3;  ///< `F x C` value projection (init N(0, 1/C)), weight decay
+    /// Visits `f(name, data, size, weight_decay)`.
+    template <class F>
+    void visit(F&& f) {
+      f("W1", W1.data(), index_t(W1.size()), true);
+      f("W2", W2.data(), index_t(W2.size()), true);
+      f("W3", W3.data(), index_t(W3.size()), true);
+    }
+    /// Sets every entry to zero.
+    void set_zero() {
+      W1.setZero();
+      W2.setZero();
+      W3.setZero();
+    }
+  };
+  /// Saved state between forward and backward.
+  struct workspace {
+    index_t rows = 0;  ///< N of the last forward
+    matrix<Scalar> a;  ///< `N x F` gate pre-activation `x W1^T`
+    matrix<Scalar> g;  ///< `N x F` value `x W3^T`
+    matrix<Scalar> h;  ///< `N x F` hidden `silu(a) . g`
+  };
+
+  parameters params;  ///< the weights
+  parameters grads;   ///< accumulated gradients
+
+  /// FFN of width `C >= 1` and hidden width `F >= 1`, weights drawn with `seed`.
+  swiglu(index_t C, index_t F, std::uint64_t seed = 5) : C_(C), F_(F) {
+    detail::expect_positive("vwn::nn::swiglu", "width C", C);
+    detail::expect_positive("vwn::nn::swiglu", "hidden width F", F);
+    for (parameters* p : {&params, &grads}) {
+      p->W1.resize(F, C);
+      p->W2.resize(C, F);
+      p->W3.resize(F, C);
+    }
+    reset_parameters(seed);
+    zero_grad();
+  }
+
+  /// Width `C`.
+  index_t width() const { return C_; }
+  /// Hidden width `F`.
+  index_t hidden_width() const { return F_; }
+  /// `W1`, `W3` from N(0, 1/C), `W2` from N(0, 1/F).
+  void reset_parameters(std::uint64_t seed) {
+    rng r(seed);
+    r.fill_normal(params.W1, 1.0 / std::sqrt(double(C_)));
+    r.fill_normal(params.W2, 1.0 / std::sqrt(double(F_)));
+    r.fill_normal(params.W3, 1.0 / std::sqrt(double(C_)));
+  }
+  /// Clears the accumulated gradients.
+  void zero_grad() { grads.set_zero(); }
+
+  /// `y` (`N x C`) from `x` (`N x C`); saves `a`, `g`, `h`.
+  void forward(host_t, matrix_cref<Scalar> x, matrix_ref<Scalar> y, workspace& ws) const {
+    const std::string_view where = "vwn::nn::swiglu::forward";
+    const index_t N = detail::expect_tokens(where, "x", x, C_);
+    detail::expect_shape(where, "y", y, N, C_);
+    detail::expect_no_alias(where, "y", y, "x", x);
+    ws.rows = N;
+    ws.a.noalias() = x * params.W1.transpose();  // (N, F)
+    ws.g.noalias() = x * params.W3.transpose();  // (N, F)
+    const auto a = ws.a.array();
+    ws.h = (a / (Scalar(1) + (-a).exp()) * ws.g.array()).matrix();  // (N, F) silu(a) g
+    y.noalias() = ws.h * params.W2.transpose();                       // (N, C)
+  }
+
+  /// `dx` (`N x C`, overwritten) from `dy` (`N x C`); accumulates the gradients of `W1`, `W2`, `W3`.
+  void backward(host_t, matrix_cref<Scalar> x, matrix_cref<Scalar> dy, matrix_ref<Scalar> dx, const workspace& ws) {
+    const std::string_view where = "vwn::nn::swiglu::backward";
+    if (ws.rows == 0) detail::fail(where, "workspace", "one filled by forward", "an empty workspace");
+    const index_t N = ws.rows;
+    detail::expect_shape(where, "x", x, N, C_);
+    detail::expect_shape(where, "dy", dy, N, C_);
+    detail::expect_shape(where, "dx", dx, N, C_);
+    detail::expect_no_alias(where, "dx", dx, "x", x);
+    detail::expect_no_alias(where, "dx", dx, "dy", dy);
+    grads.W2.noalias() += dy.transpose() * ws.h;  // (C, F)
+    matrix<Scalar> dh = dy * params.W2;           // (N, F)
+    const auto a = ws.a.array();
+    const Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> sig =
+        (Scalar(1) + (-a).exp()).inverse();  // (N, F) sigmoid(a)
+    // silu'(a) = sig (1 + a (1 - sig)); dg = dh silu(a), da = dh g silu'(a).
+    const matrix<Scalar> dg = (dh.array() * a * sig).matrix();  // (N, F)
+    dh = (dh.array() * ws.g.array() * sig * (Scalar(1) + a * (Scalar(1) - sig))).matrix();  // (N, F) now da
+    grads.W1.noalias() += dh.transpose() * x;  // (F, C)
+    grads.W3.noalias() += dg.transpose() * x;  // (F, C)
+    dx.noalias() = dh * params.W1;             // (N, C)
+    dx.noalias() += dg * params.W3;
+  }
+
+ private:
+  index_t C_, F_;
+};
+
+/// Softmax cross-entropy over `V` classes: `L = mean_i (logsumexp(logits_i) - logits_i[target_i])`, logits
+/// `N x V`, targets of length `N`, each in `[0, V)`.
+template <class Scalar>
+class cross_entropy {
+  static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
+
+ public:
+  using scalar = Scalar;
+  /// Saved state between forward and backward.
+  struct workspace {
+    index_t rows = 0;      ///< N of the last forward
+    matrix<Scalar> probs;  ///< `N x V` softmax of the logits
+    Eigen::VectorXd loss;  ///< `N` per-row losses
+  };
+
+  /// Loss over `V >= 1` classes.
+  explicit cross_entropy(index_t V) : V_(V) { detail::expect_positive("vwn::nn::cross_entropy", "class count V", V); }
+
+  /// Number of classes `V`.
+  index_t classes() const { return V_; }
+
+  /// Mean loss over the `N` rows of `logits` (`N x V`); saves the softmax. Stable (the row maximum is
+  /// subtracted); the mean is summed in double in row order.
+  double forward(host_t, matrix_cref<Scalar> logits, std::span<const std::int32_t> targets, workspace& ws) const {
+    const std::string_view where = "vwn::nn::cross_entropy::forward";
+    const index_t N = detail::expect_tokens(where, "logits", logits, V_);
+    check_targets(where, targets, N);
+    ws.rows = N;
+    ws.probs.resize(N, V_);
+    ws.loss.resize(N);
+    detail::for_chunks(N, detail::reduction_chunks, [&](index_t, index_t r0, index_t r1) {
+      for (index_t r = r0; r < r1; ++r) {
+        const auto z = logits.row(r);  // (V)
+        const Scalar mx = z.maxCoeff();
+        auto p = ws.probs.row(r);  // (V)
+        p = (z.array() - mx).exp().matrix();
+        const Scalar sum = p.sum();
+        p /= sum;
+        ws.loss(r) = double(std::log(sum)) + double(mx) - double(z(targets[std::size_t(r)]));
+      }
+    });
+    double total = 0;
+    for (index_t r = 0; r < N; ++r) total += ws.loss(r);
+    return total / double(N);
+  }
+
+  /// `dlogits = scale * (softmax - onehot(targets)) / N` (`N x V`, overwritten; may be the logits' own
+  /// storage); `scale` folds in a loss weight (e.g. the MTP lambda).
+  void backward(host_t, std::span<const std::int32_t> targets, matrix_ref<Scalar> dlogits, const workspace& ws,
+                Scalar scale = Scalar(1)) const {
+    const std::string_view where = "vwn::nn::cross_entropy::backward";
+    if (ws.rows == 0) detail::fail(where, "workspace", "one filled by forward", "an empty workspace");
+    const index_t N = ws.rows;
+    check_targets(where, targets, N);
+    detail::expect_shape(where, "dlogits", dlogits, N, V_);
+    const Scalar s = scale / Scalar(N);
+    detail::for_chunks(N, detail::reduction_chunks, [&](index_t, index_t r0, index_t r1) {
+      for (index_t r = r0; r < r1; ++r) {
+        dlogits.row(r) = s * ws.probs.row(r);
+        dlogits(r, targets[std::size_t(r)]) -= s;
+      }
+    });
+  }
+
+ private:
+  // Length N and every target in [0, V); std::out_of_range names the position and the value.
+  void check_targets(std::string_view where, std::span<const std::int32_t> targets, index_t N) const {
+    if (index_t(targets.size()) != N)
+      detail::fail(where, "target count", std::to_string(N) + " (one per logits row)", std::to_string(targets.size()));
+    for (std::size_t i = 0; i < targets.size(); ++i)
+      if (targets[i] < 0 || targets[i] >= V_)
+        throw std::out_of_range(std::string(where) + ": target at position " + std::to_string(i) + " is " +
+                                std::to_string(targets[i]) + ", expected 0 <= target < class count " +
+                                std::to_string(V_));
+  }
+
+  index_t V_;
+};
+
+}  // namespace nn
+}  // namespace vwn

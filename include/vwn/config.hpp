@@ -115,12 +115,17 @@ void expect_no_alias(std::string_view where, std::string_view out_name, const A&
 /// and the partials are added in chunk order, so results do not depend on the thread count.
 inline constexpr index_t reduction_chunks = 32;
 
-/// Calls `f(chunk, begin, end)` for `chunks` contiguous ranges covering [0, count), in parallel under OpenMP.
+/// Below this many items a loop runs on the calling thread: waking a team for a handful of tokens costs
+/// more than it saves, and much more when the cores are shared.
+inline constexpr index_t parallel_threshold = 64;
+
+/// Calls `f(chunk, begin, end)` for `chunks` contiguous ranges covering [0, count), in parallel under OpenMP
+/// when `count >= parallel_threshold`. The chunking does not depend on the thread count.
 template <class F>
 void for_chunks(index_t count, index_t chunks, F&& f) {
   chunks = std::max<index_t>(1, std::min(chunks, count));
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (count > 1 && !omp_in_parallel())
+#pragma omp parallel for schedule(static) if (count >= parallel_threshold && !omp_in_parallel())
 #endif
   for (index_t c = 0; c < chunks; ++c) f(c, count * c / chunks, count * (c + 1) / chunks);
 }

@@ -123,6 +123,9 @@ class transformer {
   /// Over-width `D'`.
   index_t wide_width() const { return N * (cfg_.width / M); }
 
+  /// Main-head logits (`B*T x V`) of the last forward: row `b*T + t` predicts the token after position `t`.
+  const matrix<Scalar>& logits() const { return main_.logits; }
+
   /// Visits every parameter with its gradient: `f(name, param, grad, size, weight_decay)`, names such as
   /// `blocks.0.ghc_attn.alpha`, in a fixed order (the checkpoint order).
   template <class F>

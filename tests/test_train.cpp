@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_common.hpp"
+
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -27,17 +29,7 @@ namespace optim = vwn::optim;
 namespace data = vwn::data;
 using vwn::index_t;
 
-// Runs f and returns the message of the exception of type E it throws (fails the test when none is thrown).
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no exception thrown";
-  return {};
-}
+using vwn_test::error_of;
 
 // ---------------------------------------------------------------------------------------------------------
 // AdamW

@@ -1,0 +1,71 @@
+#pragma once
+// Row-major GEMMs through cuBLAS (float accumulation), and the small element-wise kernels the GEMM-based
+// modules share: float -> storage conversion of a weight, block sums.
+
+#include <cublas_v2.h>
+
+#include "../memory.hpp"
+#include "kernels.cuh"
+
+namespace vwn::cuda::detail {
+
+/// Row-major `C (m x n) = alpha op(A) op(B) + beta C` with `op(A)` of `m x k`; leading dimensions are row
+/// strides. A row-major X is the column-major X^T, so this is cuBLAS's `C^T = op(B)^T op(A)^T`.
+/// Accumulates in float (CUBLAS_COMPUTE_32F, no TF32).
+inline void gemm(cublasHandle_t h, bool transA, bool transB, index_t m, index_t n, index_t k, float alpha,
+                 const void* A, cudaDataType_t Atype, index_t lda, const void* B, cudaDataType_t Btype, index_t ldb,
+                 float beta, void* C, cudaDataType_t Ctype, index_t ldc) {
+  if (m == 0 || n == 0) return;
+  VWN_CUDA_CHECK(cublasGemmEx(h, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, int(n),
+                              int(m), int(k), &alpha, B, Btype, int(ldb), A, Atype, int(lda), &beta, C, Ctype,
+                              int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+template <class To, class From>
+__global__ void convert_kernel(const From* __restrict__ src, To* __restrict__ dst, index_t count) {
+  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) dst[i] = from_float<To>(to_float(src[i]));
+}
+
+/// `dst[i] = src[i]` converted (float or bf16 either side), on `stream`.
+template <class To, class From>
+void convert(cudaStream_t stream, const From* src, To* dst, index_t count) {
+  if (count == 0) return;
+  convert_kernel<To, From><<<unsigned(ceil_div(count, 256)), 256, 0, stream>>>(src, dst, count);
+  VWN_CUDA_CHECK_LAUNCH();
+}
+
+/// A float weight as the GEMM operand of storage `S`: the weight itself for float, a bf16 copy (refreshed
+/// by `get`) for bf16.
+template <class S>
+class gemm_weight {
+ public:
+  const S* get(cudaStream_t stream, const float* w, index_t count) {
+    if constexpr (std::is_same_v<S, float>) {
+      static_cast<void>(stream), static_cast<void>(count);
+      return w;
+    } else {
+      copy_.resize(std::size_t(count));
+      convert<S>(stream, w, copy_.data(), count);
+      return copy_.data();
+    }
+  }
+
+ private:
+  device_buffer<S> copy_;
+};
+
+/// Sum over the block of one value per thread, in a fixed order; every thread gets the result. `scratch`
+/// holds `block_threads / 32` floats. Synchronises.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = int(threadIdx.x) & 31, warp = int(threadIdx.x) >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int w = 0; w < block_threads / 32; ++w) s += scratch[w];
+  return s;
+}
+
+}  // namespace vwn::cuda::detail

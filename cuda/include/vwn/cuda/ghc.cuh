@@ -1,0 +1,834 @@
+#pragma once
+/// \file ghc.cuh
+/// Generalized Hyper-Connections (GHC) and Dynamic GHC (DGHC) on the device, with the same calls as the host
+/// `vwn::basic_ghc` (see ghc.hpp for the math and docs/math.md for the backward):
+/// ```
+///   vwn::cuda::dghc<2, 3, vwn::cuda::bf16> layer(D);
+///   layer.forward_width(vwn::cuda::device.on(s), H, X, C, ws);   // one kernel: RMSNorm, projection, tanh, mixing
+///   layer.forward_depth(vwn::cuda::device.on(s), Z, C, H_out, ws);
+///   layer.backward_depth(vwn::cuda::device.on(s), dH_out, Z, dZ, ws);
+///   layer.backward_width(vwn::cuda::device.on(s), H, dX, dC, dH, ws);
+/// ```
+/// Activations are stored as `S` (`float` or `bf16`) and accumulated in float; parameters, gradients and the
+/// saved state are float. Parameters mirror the host layout tensor by tensor, so `params.upload(policy,
+/// host_layer.params)` and `grads.download(policy, host_layer.grads)` copy them across.
+
+#include <climits>
+#include <string>
+#include <vector>
+
+#include <vwn/ghc.hpp>
+
+#include "detail/kernels.cuh"
+#include "memory.hpp"
+
+namespace vwn::cuda {
+
+namespace detail {
+
+/// Device pointers to the parameters of one GHC (the dynamic ones are null for a static GHC).
+struct ghc_param_ptrs {
+  const float *alpha, *beta, *W_alpha, *W_beta, *S_alpha, *S_beta, *g;
+};
+
+// Entry (j, k) of an `n x (2m+n)` block stored as an `n x (m+n)` and an `n x m` tensor side by side.
+template <int M, int N>
+__device__ __forceinline__ float pair_entry(const float* a, const float* b, int j, int k) {
+  return k < M + N ? a[j * (M + N) + k] : b[j * M + (k - M - N)];
+}
+
+// Loads an `rows x chunk` tile of a token's slots (`rows` slots of `db` values from `src`), columns d0 ..,
+// zero beyond the block width.
+template <class S>
+__device__ __forceinline__ void load_tile(float* tile, const S* src, int rows, int db, int d0, int cols, int tid) {
+  for (int e = tid; e < rows * chunk; e += block_threads) {
+    const int j = e / chunk, c = e % chunk;
+    tile[j * tile_ld + c] = c < cols ? to_float(src[j * db + d0 + c]) : 0.f;
+  }
+}
+
+// The `(m+n) x chunk` tile of [dX; dC] of one token.
+template <int M, int N, class S>
+__device__ __forceinline__ void load_mix_tile(float* tile, const S* dXt, const S* dCt, int db, int d0, int cols,
+                                              int tid) {
+  load_tile(tile, dXt, M, db, d0, cols, tid);
+  load_tile(tile + M * tile_ld, dCt, N, db, d0, cols, tid);
+}
+
+// The `(2m+n) x chunk` tile of [W_alpha | W_beta]^T, each column scaled by g when `scaled` (zero beyond db).
+template <int M, int N>
+__device__ __forceinline__ void load_projection_tile(float* tile, const ghc_param_ptrs& p, bool scaled, int d0,
+                                                     int cols, int tid) {
+  constexpr int K = 2 * M + N;
+  for (int e = tid; e < K * chunk; e += block_threads) {
+    const int c = e / K, k = e % K, d = d0 + c;  // k fastest: consecutive threads read a row of W
+    float w = 0.f;
+    if (c < cols) {
+      w = k < M + N ? p.W_alpha[d * (M + N) + k] : p.W_beta[d * M + (k - M - N)];
+      if (scaled) w *= p.g[d];
+    }
+    tile[k * tile_ld + c] = w;
+  }
+}
+
+// Coefficients of `rows x cols` read as coef[j * ld + i]: in registers when small, else from shared memory.
+template <int Rows, int Cols>
+struct small_coefficients {
+  static constexpr bool in_registers = Rows * Cols <= 96;
+  float r[in_registers ? Rows * Cols : 1];
+  const float* s;
+  int ld;
+  __device__ __forceinline__ small_coefficients(const float* coef, int ld_) : s(coef), ld(ld_) {
+    if constexpr (in_registers) {
+#pragma unroll
+      for (int o = 0; o < Rows * Cols; ++o) r[o] = coef[(o / Cols) * ld_ + o % Cols];
+    }
+  }
+  __device__ __forceinline__ float operator()(int j, int i) const {
+    if constexpr (in_registers)
+      return r[j * Cols + i];
+    else
+      return s[j * ld + i];
+  }
+};
+
+// Width mixing of one token: X[i] = sum_j a[j][i] H[j] (i < m), C[i] = sum_j a[j][m+i] H[j]; a[j][i] = coef[j*ld+i].
+template <int M, int N, class S>
+__device__ __forceinline__ void mix_token(const S* Ht, S* Xt, S* Ct, const float* coef, int ld, int db, int tid) {
+  constexpr int R = M + N;
+  const small_coefficients<N, R> a(coef, ld);
+  for (int d = tid; d < db; d += block_threads) {
+    float h[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) h[j] = to_float(Ht[j * db + d]);
+#pragma unroll(a.in_registers ? R : 1)
+    for (int i = 0; i < R; ++i) {
+      float s = 0.f;
+#pragma unroll
+      for (int j = 0; j < N; ++j) s = fmaf(a(j, i), h[j], s);
+      if (i < M)
+        Xt[i * db + d] = from_float<S>(s);
+      else
+        Ct[(i - M) * db + d] = from_float<S>(s);
+    }
+  }
+}
+
+template <int M, int N>
+struct dghc_forward_width_smem {
+  static constexpr int K = 2 * M + N;
+  static constexpr std::size_t floats = std::size_t(N + K) * tile_ld + tile_dot<N, K>::scratch + N;
+  static constexpr std::size_t bytes = floats * sizeof(float);
+};
+
+// Dynamic width connection, one kernel: per token, per-slot sum of squares and the projection H (g . W)
+// over shared-memory tiles; then rstd, P = tanh(rstd Q / sqrt(db)), [a | b] = S . P + [alpha | beta]; then
+// the mixing. Saves rstd (T n) and P (T n x (2m+n)).
+template <int M, int N, class S>
+__global__ void __launch_bounds__(block_threads)
+    dghc_forward_width_kernel(const S* __restrict__ H, index_t ldH, S* __restrict__ X, index_t ldX,
+                              S* __restrict__ C, index_t ldC, ghc_param_ptrs p, int db, index_t T,
+                              float* __restrict__ rstd, float* __restrict__ P) {
+  constexpr int K = 2 * M + N, NK = N * K;
+  constexpr int warps = block_threads / 32, slots_per_warp = (N + warps - 1) / warps;
+  using dot = tile_dot<N, K>;
+  extern __shared__ float smem[];
+  float* Hs = smem;                 // N x chunk
+  float* Ws = Hs + N * tile_ld;     // K x chunk, g . W^T
+  float* red = Ws + K * tile_ld;    // dot scratch; then Q; then [a | b]
+  float* ss = red + dot::scratch;   // N sums of squares
+  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const float inv_db = 1.f / float(db), inv_tau = 1.f / sqrtf(float(db));
+  for (index_t t = blockIdx.x; t < T; t += gridDim.x) {
+    const S* Ht = H + t * ldH;
+    dot acc(tid);
+    float sq[slots_per_warp];
+#pragma unroll
+    for (int i = 0; i < slots_per_warp; ++i) sq[i] = 0.f;
+    for (int d0 = 0; d0 < db; d0 += chunk) {
+      const int cols = min(chunk, db - d0);
+      load_tile(Hs, Ht, N, db, d0, cols, tid);
+      load_projection_tile<M, N>(Ws, p, true, d0, cols, tid);
+      __syncthreads();
+      acc.add(Hs, Ws, cols);
+#pragma unroll
+      for (int i = 0; i < slots_per_warp; ++i) {
+        const int j = warp + i * warps;
+        if (j < N) sq[i] = fmaf(Hs[j * tile_ld + lane], Hs[j * tile_ld + lane], sq[i]);
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < slots_per_warp; ++i) {
+      const int j = warp + i * warps;  // uniform over the warp
+      if (j < N) {
+        const float s = warp_sum(sq[i]);
+        if (lane == 0) ss[j] = s;
+      }
+    }
+    acc.reduce(red, tid);  // synchronises: ss is visible below
+    for (int o = tid; o < NK; o += block_threads) {
+      const int j = o / K, k = o % K;
+      const float r = 1.f / sqrtf(ss[j] * inv_db + float(norm_eps));
+      const float pk = tanhf(red[o] * r * inv_tau);
+      P[t * NK + o] = pk;
+      if (k == 0) rstd[t * N + j] = r;
+      red[o] = fmaf(pair_entry<M, N>(p.S_alpha, p.S_beta, j, k), pk, pair_entry<M, N>(p.alpha, p.beta, j, k));
+    }
+    __syncthreads();
+    mix_token<M, N>(Ht, X + t * ldX, C + t * ldC, red, K, db, tid);
+    __syncthreads();  // red is rewritten by the next token
+  }
+}
+
+// Static width connection: the mixing with a = alpha for every token.
+template <int M, int N, class S>
+__global__ void __launch_bounds__(block_threads)
+    ghc_forward_width_kernel(const S* __restrict__ H, index_t ldH, S* __restrict__ X, index_t ldX,
+                             S* __restrict__ C, index_t ldC, const float* __restrict__ alpha, int db, index_t T) {
+  __shared__ float a[N * (M + N)];
+  const int tid = int(threadIdx.x);
+  for (int o = tid; o < N * (M + N); o += block_threads) a[o] = alpha[o];
+  __syncthreads();
+  for (index_t t = blockIdx.x; t < T; t += gridDim.x) mix_token<M, N>(H + t * ldH, X + t * ldX, C + t * ldC, a, M + N, db, tid);
+}
+
+// Depth connection, one kernel: H_out = b Z + C (b = beta, or S_beta . P[:, m+n:] + beta per token).
+// H_out may be C itself: each element is read and then written by the same thread.
+template <int M, int N, class S, bool Dynamic>
+__global__ void __launch_bounds__(block_threads)
+    ghc_forward_depth_kernel(const S* __restrict__ Z, index_t ldZ, const S* C, index_t ldC, S* Hout, index_t ldO,
+                             ghc_param_ptrs p, const float* __restrict__ P, int db, index_t T) {
+  constexpr int K = 2 * M + N, NM = N * M;
+  __shared__ float b[NM];
+  const int tid = int(threadIdx.x);
+  if constexpr (!Dynamic) {
+    for (int o = tid; o < NM; o += block_threads) b[o] = p.beta[o];
+    __syncthreads();
+  }
+  for (index_t t = blockIdx.x; t < T; t += gridDim.x) {
+    if constexpr (Dynamic) {
+      for (int o = tid; o < NM; o += block_threads)
+        b[o] = fmaf(p.S_beta[o], P[t * N * K + (o / M) * K + (M + N) + o % M], p.beta[o]);
+      __syncthreads();
+    }
+    const small_coefficients<N, M> bc(b, M);
+    const S* Zt = Z + t * ldZ;
+    const S* Ct = C + t * ldC;
+    S* Ot = Hout + t * ldO;
+    for (int d = tid; d < db; d += block_threads) {
+      float z[M];
+#pragma unroll
+      for (int k = 0; k < M; ++k) z[k] = to_float(Zt[k * db + d]);
+#pragma unroll(bc.in_registers ? N : 1)
+      for (int j = 0; j < N; ++j) {
+        float s = to_float(Ct[j * db + d]);
+#pragma unroll
+        for (int k = 0; k < M; ++k) s = fmaf(bc(j, k), z[k], s);
+        Ot[j * db + d] = from_float<S>(s);
+      }
+    }
+    if constexpr (Dynamic) __syncthreads();  // b is rewritten by the next token
+  }
+}
+
+template <int M, int N>
+struct ghc_backward_depth_smem {
+  static constexpr std::size_t floats = std::size_t(N + M) * tile_ld + tile_dot<N, M>::scratch + N * M;
+  static constexpr std::size_t bytes = floats * sizeof(float);
+};
+
+// Depth connection, backward: dZ = b^T dH_out and the per-token d b = dH_out Z^T (saved for the dynamic
+// backward, or summed into per-block partials of d beta for the static one).
+template <int M, int N, class S, bool Dynamic>
+__global__ void __launch_bounds__(block_threads)
+    ghc_backward_depth_kernel(const S* __restrict__ G, index_t ldG, const S* __restrict__ Z, index_t ldZ,
+                              S* __restrict__ dZ, index_t ldDZ, ghc_param_ptrs p, const float* __restrict__ P,
+                              float* __restrict__ dB, float* __restrict__ partial, int db, index_t T) {
+  constexpr int K = 2 * M + N, NM = N * M;
+  using dot = tile_dot<N, M>;
+  extern __shared__ float smem[];
+  float* Gs = smem;               // N x chunk of dH_out
+  float* Zs = Gs + N * tile_ld;   // M x chunk of Z
+  float* red = Zs + M * tile_ld;  // dot scratch
+  float* b = red + dot::scratch;  // N x M
+  const int tid = int(threadIdx.x);
+  block_partial<NM> dbeta;
+  if constexpr (!Dynamic) {
+    for (int o = tid; o < NM; o += block_threads) b[o] = p.beta[o];
+    __syncthreads();
+  }
+  for (index_t t = blockIdx.x; t < T; t += gridDim.x) {
+    if constexpr (Dynamic) {
+      for (int o = tid; o < NM; o += block_threads)
+        b[o] = fmaf(p.S_beta[o], P[t * N * K + (o / M) * K + (M + N) + o % M], p.beta[o]);
+    }
+    dot acc(tid);
+    for (int d0 = 0; d0 < db; d0 += chunk) {
+      const int cols = min(chunk, db - d0);
+      load_tile(Gs, G + t * ldG, N, db, d0, cols, tid);
+      load_tile(Zs, Z + t * ldZ, M, db, d0, cols, tid);
+      __syncthreads();
+      acc.add(Gs, Zs, cols);
+      for (int e = tid; e < M * chunk; e += block_threads) {
+        const int k = e / chunk, c = e % chunk;
+        if (c < cols) {
+          float s = 0.f;
+          for (int j = 0; j < N; ++j) s = fmaf(b[j * M + k], Gs[j * tile_ld + c], s);
+          dZ[t * ldDZ + k * db + d0 + c] = from_float<S>(s);
+        }
+      }
+      __syncthreads();
+    }
+    acc.reduce(red, tid);
+    if constexpr (Dynamic) {
+      for (int o = tid; o < NM; o += block_threads) dB[t * NM + o] = red[o];
+    } else {
+      dbeta.add(red, tid);
+    }
+    __syncthreads();  // red and b are rewritten by the next token
+  }
+  if constexpr (!Dynamic) dbeta.store(partial + std::size_t(blockIdx.x) * NM, tid);
+}
+
+template <int M, int N>
+struct ghc_backward_width_smem {
+  static constexpr std::size_t floats = std::size_t(N + M + N) * tile_ld + tile_dot<N, M + N>::scratch + N * (M + N);
+  static constexpr std::size_t bytes = floats * sizeof(float);
+};
+
+// Static width connection, backward: dH = alpha [dX; dC] and per-block partials of d alpha = H [dX; dC]^T.
+template <int M, int N, class S>
+__global__ void __launch_bounds__(block_threads)
+    ghc_backward_width_kernel(const S* __restrict__ H, index_t ldH, const S* __restrict__ dX, index_t ldX,
+                              const S* __restrict__ dC, index_t ldC, S* __restrict__ dH, index_t ldDH,
+                              const float* __restrict__ alpha, float* __restrict__ partial, int db, index_t T) {
+  constexpr int R = M + N, NR = N * R;
+  using dot = tile_dot<N, R>;
+  extern __shared__ float smem[];
+  float* Hs = smem;               // N x chunk
+  float* Gs = Hs + N * tile_ld;   // (m+n) x chunk of [dX; dC]
+  float* red = Gs + R * tile_ld;  // dot scratch
+  float* a = red + dot::scratch;  // N x (m+n)
+  const int tid = int(threadIdx.x);
+  for (int o = tid; o < NR; o += block_threads) a[o] = alpha[o];
+  __syncthreads();
+  block_partial<NR> dalpha;
+  for (index_t t = blockIdx.x; t < T; t += gridDim.x) {
+    dot acc(tid);
+    for (int d0 = 0; d0 < db; d0 += chunk) {
+      const int cols = min(chunk, db - d0);
+      load_tile(Hs, H + t * ldH, N, db, d0, cols, tid);
+      load_mix_tile<M, N>(Gs, dX + t * ldX, dC + t * ldC, db, d0, cols, tid);
+      __syncthreads();
+      acc.add(Hs, Gs, cols);
+      for (int e = tid; e < N * chunk; e += block_threads) {
+        const int j = e / chunk, c = e % chunk;
+        if (c < cols) {
+          float s = 0.f;
+          for (int i = 0; i < R; ++i) s = fmaf(a[j * R + i], Gs[i * tile_ld + c], s);
+          dH[t * ldDH + j * db + d0 + c] = from_float<S>(s);
+        }
+      }
+      __syncthreads();
+    }
+    acc.reduce(red, tid);
+    dalpha.add(red, tid);
+    __syncthreads();
+  }
+  dalpha.store(partial + std::size_t(blockIdx.x) * NR, tid);
+}
+
+template <int M, int N>
+struct dghc_backward_width_smem {
+  static constexpr int R = M + N, K = 2 * M + N;
+  static constexpr int red = tile_dot<N, R>::scratch;
+  static constexpr std::size_t floats = std::size_t(N + R + K) * tile_ld + red + N * K + 2 * N + chunk;
+  static constexpr std::size_t bytes = floats * sizeof(float);
+};
+
+// Dynamic width connection, backward, per token in one kernel and three sweeps over the slot width:
+//  A: d a = H [dX; dC]^T; then d[alpha|beta] and dS partials, dQ = dab . S . (1 - P^2) / sqrt(db) (saved);
+//  B: proj_j = mean_d(dHn g u) with dHn = dQ W^T, u = H rstd;
+//  C: dH = a [dX; dC] + rstd (dHn g - u proj).
+// The projection and norm-weight gradients (sums over tokens) are left to dghc_projection_grad_kernel.
+template <int M, int N, class S>
+__global__ void __launch_bounds__(block_threads)
+    dghc_backward_width_kernel(const S* __restrict__ H, index_t ldH, const S* __restrict__ dX, index_t ldX,
+                               const S* __restrict__ dC, index_t ldC, S* __restrict__ dH, index_t ldDH,
+                               ghc_param_ptrs p, const float* __restrict__ P, const float* __restrict__ rstd,
+                               const float* __restrict__ dB, float* __restrict__ dQ, float* __restrict__ partial,
+                               int db, index_t T) {
+  constexpr int R = M + N, K = 2 * M + N, NK = N * K, NR = N * R;
+  constexpr int warps = block_threads / 32, slots_per_warp = (N + warps - 1) / warps;
+  constexpr int per_thread = (NK + block_threads - 1) / block_threads;
+  using dot = tile_dot<N, R>;
+  extern __shared__ float smem[];
+  float* Hs = smem;                 // N x chunk
+  float* Gs = Hs + N * tile_ld;     // (m+n) x chunk of [dX; dC]
+  float* Ws = Gs + R * tile_ld;     // (2m+n) x chunk of [W_alpha | W_beta]^T
+  float* red = Ws + K * tile_ld;    // dot scratch, then a (N x (m+n))
+  float* dq = red + dot::scratch;   // N x K
+  float* rs = dq + NK;              // N
+  float* proj = rs + N;             // N
+  float* gc = proj + N;             // chunk of g
+  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const float inv_db = 1.f / float(db), inv_tau = 1.f / sqrtf(float(db));
+  float d_static[per_thread], d_scale[per_thread];
+#pragma unroll
+  for (int i = 0; i < per_thread; ++i) d_static[i] = d_scale[i] = 0.f;
+
+  for (index_t t = blockIdx.x; t < T; t += gridDim.x) {
+    const S* Ht = H + t * ldH;
+    const S* dXt = dX + t * ldX;
+    const S* dCt = dC + t * ldC;
+    if (tid < N) rs[tid] = rstd[t * N + tid];
+    // Sweep A: d a.
+    dot acc(tid);
+    for (int d0 = 0; d0 < db; d0 += chunk) {
+      const int cols = min(chunk, db - d0);
+      load_tile(Hs, Ht, N, db, d0, cols, tid);
+      load_mix_tile<M, N>(Gs, dXt, dCt, db, d0, cols, tid);
+      __syncthreads();
+      acc.add(Hs, Gs, cols);
+      __syncthreads();
+    }
+    acc.reduce(red, tid);
+#pragma unroll
+    for (int i = 0; i < per_thread; ++i) {
+      const int o = tid + i * block_threads;
+      if (o < NK) {
+        const int j = o / K, k = o % K;
+        const float dab = k < R ? red[j * R + k] : dB[t * N * M + j * M + (k - R)];
+        const float pk = P[t * NK + o];
+        d_static[i] += dab;
+        d_scale[i] = fmaf(dab, pk, d_scale[i]);
+        const float q = dab * pair_entry<M, N>(p.S_alpha, p.S_beta, j, k) * (1.f - pk * pk) * inv_tau;
+        dq[o] = q;
+        dQ[t * NK + o] = q;
+      }
+    }
+    __syncthreads();
+    for (int o = tid; o < NR; o += block_threads)  // a = S_alpha . P[:, :m+n] + alpha, into red
+      red[o] = fmaf(p.S_alpha[o], P[t * NK + (o / R) * K + o % R], p.alpha[o]);
+    // Sweep B: proj.
+    float pp[slots_per_warp];
+#pragma unroll
+    for (int i = 0; i < slots_per_warp; ++i) pp[i] = 0.f;
+    for (int d0 = 0; d0 < db; d0 += chunk) {
+      const int cols = min(chunk, db - d0);
+      load_tile(Hs, Ht, N, db, d0, cols, tid);
+      load_projection_tile<M, N>(Ws, p, false, d0, cols, tid);
+      if (tid < chunk) gc[tid] = tid < cols ? p.g[d0 + tid] : 0.f;
+      __syncthreads();
+      for (int e = tid; e < N * chunk; e += block_threads) {
+        const int j = e / chunk, c = e % chunk;
+        float dhn = 0.f;
+        for (int k = 0; k < K; ++k) dhn = fmaf(dq[j * K + k], Ws[k * tile_ld + c], dhn);
+        Hs[j * tile_ld + c] *= dhn * gc[c] * rs[j];  // dHn g u; zero in the padding (Hs = 0 there)
+      }
+      __syncthreads();
+#pragma unroll
+      for (int i = 0; i < slots_per_warp; ++i) {
+        const int j = warp + i * warps;
+        if (j < N) pp[i] += Hs[j * tile_ld + lane];
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < slots_per_warp; ++i) {
+      const int j = warp + i * warps;
+      if (j < N) {
+        const float s = warp_sum(pp[i]);
+        if (lane == 0) proj[j] = s * inv_db;
+      }
+    }
+    __syncthreads();
+    // Sweep C: dH.
+    for (int d0 = 0; d0 < db; d0 += chunk) {
+      const int cols = min(chunk, db - d0);
+      load_tile(Hs, Ht, N, db, d0, cols, tid);
+      load_mix_tile<M, N>(Gs, dXt, dCt, db, d0, cols, tid);
+      load_projection_tile<M, N>(Ws, p, false, d0, cols, tid);
+      if (tid < chunk) gc[tid] = tid < cols ? p.g[d0 + tid] : 0.f;
+      __syncthreads();
+      for (int e = tid; e < N * chunk; e += block_threads) {
+        const int j = e / chunk, c = e % chunk;
+        if (c < cols) {
+          float mixv = 0.f, dhn = 0.f;
+          for (int i = 0; i < R; ++i) mixv = fmaf(red[j * R + i], Gs[i * tile_ld + c], mixv);
+          for (int k = 0; k < K; ++k) dhn = fmaf(dq[j * K + k], Ws[k * tile_ld + c], dhn);
+          const float u = Hs[j * tile_ld + c] * rs[j];
+          dH[t * ldDH + j * db + d0 + c] = from_float<S>(mixv + rs[j] * (dhn * gc[c] - u * proj[j]));
+        }
+      }
+      __syncthreads();
+    }
+  }
+  float* out = partial + std::size_t(blockIdx.x) * 2 * NK;
+#pragma unroll
+  for (int i = 0; i < per_thread; ++i) {
+    const int o = tid + i * block_threads;
+    if (o < NK) out[o] = d_static[i], out[NK + o] = d_scale[i];
+  }
+}
+
+/// Threads per block of the column reductions over tokens.
+inline constexpr int column_threads = 128;
+
+// Projection gradient, first pass: for a group of tokens and one column d of the slot width,
+// A[k][d] = sum_{t in group, j} dQ[t][j][k] u[t][j][d] (u = H rstd). Then d W[d][k] = g[d] A[k][d] and
+// d g[d] = sum_k W[d][k] A[k][d] (dghc_projection_grad_finish).
+template <int M, int N, class S>
+__global__ void __launch_bounds__(column_threads)
+    dghc_projection_grad_kernel(const S* __restrict__ H, index_t ldH, const float* __restrict__ rstd,
+                                const float* __restrict__ dQ, float* __restrict__ partial, int db, index_t T,
+                                int groups) {
+  constexpr int K = 2 * M + N;
+  const int d = int(blockIdx.x) * column_threads + int(threadIdx.x), grp = int(blockIdx.y);
+  if (d >= db) return;  // no block-level synchronisation below
+  const index_t t0 = T * grp / groups, t1 = T * (grp + 1) / groups;
+  float acc[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) acc[k] = 0.f;
+  for (index_t t = t0; t < t1; ++t)
+    for (int j = 0; j < N; ++j) {
+      const float u = to_float(H[t * ldH + j * db + d]) * rstd[t * N + j];
+      const float* q = dQ + (t * N + j) * K;  // the same address in every thread: a broadcast
+#pragma unroll
+      for (int k = 0; k < K; ++k) acc[k] = fmaf(q[k], u, acc[k]);
+    }
+#pragma unroll
+  for (int k = 0; k < K; ++k) partial[(std::size_t(grp) * K + k) * std::size_t(db) + d] = acc[k];
+}
+
+// Projection gradient, second pass: sums the groups in order, adds d W_alpha, d W_beta and d g.
+template <int M, int N>
+__global__ void dghc_projection_grad_finish(const float* __restrict__ partial, int groups, int db, ghc_param_ptrs p,
+                                            float* __restrict__ dW_alpha, float* __restrict__ dW_beta,
+                                            float* __restrict__ dg) {
+  constexpr int R = M + N, K = 2 * M + N;
+  const int d = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (d >= db) return;
+  const float gd = p.g[d];
+  float dgs = 0.f;
+  for (int k = 0; k < K; ++k) {
+    float a = 0.f;
+    for (int grp = 0; grp < groups; ++grp) a += partial[(std::size_t(grp) * K + k) * std::size_t(db) + d];
+    if (k < R) {
+      dW_alpha[d * R + k] += gd * a;
+      dgs = fmaf(p.W_alpha[d * R + k], a, dgs);
+    } else {
+      dW_beta[d * M + (k - R)] += gd * a;
+      dgs = fmaf(p.W_beta[d * M + (k - R)], a, dgs);
+    }
+  }
+  dg[d] += dgs;
+}
+
+// Targets of the per-block partials of the dynamic width backward: [d alpha | d beta] then [dS_alpha | dS_beta].
+template <int M, int N>
+struct dghc_coefficient_target {
+  float *alpha, *beta, *S_alpha, *S_beta;
+  __device__ float* operator()(int e) const {
+    constexpr int K = 2 * M + N;
+    const bool scale = e >= N * K;
+    const int o = scale ? e - N * K : e, j = o / K, k = o % K;
+    if (k < M + N) return (scale ? S_alpha : alpha) + j * (M + N) + k;
+    return (scale ? S_beta : beta) + j * M + (k - M - N);
+  }
+};
+
+}  // namespace detail
+
+/// Parameters (or gradients) of a device GHC, float, one allocation; each tensor has the host layout
+/// (`alpha` `n x (m+n)`, `beta` `n x m`, dynamic: `W_alpha` `db x (m+n)`, `W_beta` `db x m`, `S_alpha`,
+/// `S_beta`, `g` `db`), all row-major.
+template <int M, int N, bool Dynamic>
+class ghc_device_parameters {
+ public:
+  /// Parameters for block width `db` (uninitialised).
+  explicit ghc_device_parameters(index_t db) : db_(db) { buf_.resize(std::size_t(offset(7))); }
+
+  float* alpha() { return at(0); }
+  float* beta() { return at(1); }
+  float* W_alpha() { return Dynamic ? at(2) : nullptr; }
+  float* W_beta() { return Dynamic ? at(3) : nullptr; }
+  float* S_alpha() { return Dynamic ? at(4) : nullptr; }
+  float* S_beta() { return Dynamic ? at(5) : nullptr; }
+  float* g() { return Dynamic ? at(6) : nullptr; }
+
+  /// Device pointers for the kernels.
+  detail::ghc_param_ptrs pointers() const {
+    auto* self = const_cast<ghc_device_parameters*>(this);
+    return {self->alpha(), self->beta(), self->W_alpha(), self->W_beta(), self->S_alpha(), self->S_beta(), self->g()};
+  }
+
+  /// Visits `f(name, device_data, size, weight_decay)` for each tensor, in the host order.
+  template <class F>
+  void visit(F&& f) {
+    static constexpr const char* names[7] = {"alpha", "beta", "W_alpha", "W_beta", "S_alpha", "S_beta", "g"};
+    static constexpr bool decay[7] = {false, false, true, true, true, true, false};
+    for (int i = 0; i < (Dynamic ? 7 : 2); ++i) f(std::string_view(names[i]), at(i), size(i), decay[i]);
+  }
+
+  /// Sets every entry to zero (asynchronous on `policy`'s stream).
+  void set_zero(const device_t& policy) { buf_.fill_bytes(policy, 0); }
+
+  /// Copies the host tensors in (converted to float). Synchronous.
+  template <class Scalar>
+  void upload(const device_t& policy, const vwn::ghc_parameters<M, N, Scalar, Dynamic>& host) {
+    for_pairs(const_cast<vwn::ghc_parameters<M, N, Scalar, Dynamic>&>(host),  // visit only reads here
+              [&](Scalar* h, float* d, index_t n) { upload_floats(policy, h, n, d); });
+  }
+  /// Copies the tensors out into the host structure (which must have the same sizes). Synchronous.
+  template <class Scalar>
+  void download(const device_t& policy, vwn::ghc_parameters<M, N, Scalar, Dynamic>& host) const {
+    const_cast<ghc_device_parameters*>(this)->for_pairs(
+        host, [&](Scalar* h, float* d, index_t n) { download_floats(policy, d, n, h); });
+  }
+
+ private:
+  static constexpr int R = M + N;
+  index_t size(int i) const {
+    const index_t sizes[7] = {N * R, N * M, db_ * R, db_ * M, N * R, N * M, db_};
+    return (Dynamic || i < 2) ? sizes[i] : 0;
+  }
+  index_t offset(int i) const {
+    index_t o = 0;
+    for (int k = 0; k < i; ++k) o += size(k);
+    return o;
+  }
+  float* at(int i) { return buf_.data() + offset(i); }
+
+  template <class HostParams, class F>
+  void for_pairs(HostParams& host, F&& f) {
+    std::vector<std::pair<float*, index_t>> mine;
+    visit([&](std::string_view, float* d, index_t n, bool) { mine.emplace_back(d, n); });
+    std::size_t i = 0;
+    host.visit([&](std::string_view name, auto* h, index_t n, bool) {
+      if (i >= mine.size() || mine[i].second != n)
+        vwn::detail::fail("vwn::cuda::ghc_device_parameters", std::string(name) + " size",
+                          std::to_string(i < mine.size() ? mine[i].second : 0), std::to_string(n));
+      f(h, mine[i].first, n);
+      ++i;
+    });
+  }
+
+  index_t db_;
+  device_buffer<float> buf_;
+};
+
+/// Device-side saved state of one GHC sub-layer between its forward and backward calls, plus scratch for the
+/// gradient reductions. Buffers grow on demand and are kept between calls.
+template <int M, int N, bool Dynamic>
+struct ghc_device_workspace {
+  index_t tokens = 0;                      ///< T of the last forward_width
+  device_buffer<float> rstd;               ///< dynamic: `T n` per-slot 1/rms
+  device_buffer<float> P;                  ///< dynamic: `T n x (2m+n)` tanh outputs
+  device_buffer<float> dB;                 ///< dynamic: `T n x m` gradient of each token's b
+  device_buffer<float> dQ;                 ///< dynamic: `T n x (2m+n)` gradient before tanh
+  device_buffer<float> partial;            ///< per-block gradient partials
+  device_buffer<float> column_partial;     ///< dynamic: per-group partials of the projection gradient
+};
+
+/// A GHC sub-layer of compile-time shape `(M, N)` on the device, storage `S` (`float` or `bf16`), static or
+/// dynamic. Use the aliases `vwn::cuda::ghc` and `vwn::cuda::dghc`. Same calls and shapes as the host
+/// `vwn::basic_ghc`, with `device_t` and device views; parameter gradients accumulate into `grads`.
+/// Outputs must not overlap inputs (except `H_out` = `C` exactly, in place). Row strides are free; the
+/// slots of one row are contiguous.
+template <int M, int N, class S, bool Dynamic>
+class basic_ghc : public widths<M, N> {
+  static_assert(is_storage<S>, "vwn::cuda: storage type S must be float or vwn::cuda::bf16");
+
+ public:
+  using shape = width_shape<M, N>;
+  using storage = S;
+  using parameters = ghc_device_parameters<M, N, Dynamic>;
+  using workspace = ghc_device_workspace<M, N, Dynamic>;
+  /// The host layer of the same shape (float), e.g. for initialisation and checks.
+  using host_type = vwn::basic_ghc<M, N, float, Dynamic>;
+  static constexpr bool is_dynamic = Dynamic;
+
+  parameters params;  ///< the parameters (float), initialised as on the host
+  parameters grads;   ///< accumulated gradients (float)
+
+  /// A sub-layer for backbone width `D` (a positive multiple of `M`), initialised per the paper.
+  /// Allocates device memory on the current device.
+  explicit basic_ghc(index_t D, const device_t& policy = device)
+      : widths<M, N>(name() + "::basic_ghc", D), params(this->db_), grads(this->db_) {
+    if (wide_width() > INT_MAX)
+      vwn::detail::fail(name(), "over-width D'", "at most " + std::to_string(INT_MAX), std::to_string(wide_width()));
+    reset_parameters(policy);
+    zero_grad(policy);
+  }
+
+  /// Library name with shape and storage, e.g. "vwn::cuda::dghc<2,3,bf16>".
+  static std::string name() {
+    return std::string(Dynamic ? "vwn::cuda::dghc<" : "vwn::cuda::ghc<") + std::to_string(M) + "," +
+           std::to_string(N) + "," + detail::storage_info<S>::name() + ">";
+  }
+
+  /// The paper's initialisation (as `vwn::basic_ghc::reset_parameters`). Synchronous.
+  void reset_parameters(const device_t& policy = device) {
+    const host_type h(D_);
+    params.upload(policy, h.params);
+  }
+  /// Clears the accumulated gradients (asynchronous).
+  void zero_grad(const device_t& policy = device) { grads.set_zero(policy); }
+
+  /// Width connection, forward: `H` (`T x D'`) -> `X` (`T x D`) and `C` (`T x D'`). One kernel.
+  void forward_width(const device_t& policy, device_matrix_cref<S> H, device_matrix_ref<S> X,
+                     device_matrix_ref<S> C, workspace& ws) const {
+    const std::string where = name() + "::forward_width";
+    const index_t T = vwn::detail::expect_tokens(where, "H", H, wide_width());
+    vwn::detail::expect_shape(where, "X", X, T, D_);
+    vwn::detail::expect_shape(where, "C", C, T, wide_width());
+    vwn::detail::expect_no_alias(where, "X", X, "H", H);
+    vwn::detail::expect_no_alias(where, "C", C, "H", H);
+    vwn::detail::expect_no_alias(where, "C", C, "X", X);
+    ws.tokens = T;
+    const unsigned blocks = detail::token_blocks(T);
+    if constexpr (Dynamic) {
+      ws.rstd.resize(std::size_t(T * N));
+      ws.P.resize(std::size_t(T * N * K));
+      constexpr std::size_t smem = detail::dghc_forward_width_smem<M, N>::bytes;
+      const auto kernel = detail::dghc_forward_width_kernel<M, N, S>;
+      detail::allow_shared_memory(kernel, smem, where.c_str());
+      kernel<<<blocks, detail::block_threads, smem, policy.stream()>>>(
+          H.data(), H.outerStride(), X.data(), X.outerStride(), C.data(), C.outerStride(), params.pointers(),
+          int(db_), T, ws.rstd.data(), ws.P.data());
+    } else {
+      detail::ghc_forward_width_kernel<M, N, S><<<blocks, detail::block_threads, 0, policy.stream()>>>(
+          H.data(), H.outerStride(), X.data(), X.outerStride(), C.data(), C.outerStride(),
+          params.pointers().alpha, int(db_), T);
+    }
+    VWN_CUDA_CHECK_LAUNCH();
+  }
+
+  /// Depth connection, forward: `H_out = b Z + C` (`Z`: `T x D`). `H_out` may be `C` itself. One kernel.
+  void forward_depth(const device_t& policy, device_matrix_cref<S> Z, device_matrix_cref<S> C,
+                     device_matrix_ref<S> H_out, const workspace& ws) const {
+    const std::string where = name() + "::forward_depth";
+    const index_t T = check_saved(where, ws, Z);
+    vwn::detail::expect_shape(where, "C", C, T, wide_width());
+    vwn::detail::expect_shape(where, "H_out", H_out, T, wide_width());
+    vwn::detail::expect_no_alias(where, "H_out", H_out, "Z", Z);
+    const bool in_place = H_out.data() == C.data() && H_out.outerStride() == C.outerStride();
+    if (!in_place) vwn::detail::expect_no_alias(where, "H_out", H_out, "C (other than exactly in place)", C);
+    detail::ghc_forward_depth_kernel<M, N, S, Dynamic>
+        <<<detail::token_blocks(T), detail::block_threads, 0, policy.stream()>>>(
+            Z.data(), Z.outerStride(), C.data(), C.outerStride(), H_out.data(), H_out.outerStride(),
+            params.pointers(), Dynamic ? ws.P.data() : nullptr, int(db_), T);
+    VWN_CUDA_CHECK_LAUNCH();
+  }
+
+  /// Depth connection, backward: `dZ = b^T dH_out` (`T x D`); accumulates d beta (static) or keeps each
+  /// token's d b in `ws` (dynamic). The gradient of `C` is `dH_out`.
+  void backward_depth(const device_t& policy, device_matrix_cref<S> dH_out, device_matrix_cref<S> Z,
+                      device_matrix_ref<S> dZ, workspace& ws) {
+    const std::string where = name() + "::backward_depth";
+    const index_t T = check_saved(where, ws, Z);
+    vwn::detail::expect_shape(where, "dH_out", dH_out, T, wide_width());
+    vwn::detail::expect_shape(where, "dZ", dZ, T, D_);
+    vwn::detail::expect_no_alias(where, "dZ", dZ, "dH_out", dH_out);
+    vwn::detail::expect_no_alias(where, "dZ", dZ, "Z", Z);
+    const unsigned blocks = detail::token_blocks(T);
+    if constexpr (Dynamic)
+      ws.dB.resize(std::size_t(T * N * M));
+    else
+      ws.partial.resize(std::size_t(blocks) * N * M);
+    constexpr std::size_t smem = detail::ghc_backward_depth_smem<M, N>::bytes;
+    const auto kernel = detail::ghc_backward_depth_kernel<M, N, S, Dynamic>;
+    detail::allow_shared_memory(kernel, smem, where.c_str());
+    kernel<<<blocks, detail::block_threads, smem, policy.stream()>>>(
+        dH_out.data(), dH_out.outerStride(), Z.data(), Z.outerStride(), dZ.data(), dZ.outerStride(),
+        params.pointers(), Dynamic ? ws.P.data() : nullptr, Dynamic ? ws.dB.data() : nullptr,
+        Dynamic ? nullptr : ws.partial.data(), int(db_), T);
+    VWN_CUDA_CHECK_LAUNCH();
+    if constexpr (!Dynamic)
+      detail::sum_partials(policy.stream(), ws.partial.data(), blocks, N * M, detail::plain_target{grads.beta()});
+  }
+
+  /// Width connection, backward: from `dX` (`T x D`) and the total gradient `dC` of the carried state
+  /// (`T x D'`), writes `dH` (`T x D'`) and accumulates every parameter gradient.
+  void backward_width(const device_t& policy, device_matrix_cref<S> H, device_matrix_cref<S> dX,
+                      device_matrix_cref<S> dC, device_matrix_ref<S> dH, workspace& ws) {
+    const std::string where = name() + "::backward_width";
+    const index_t T = check_saved(where, ws, dX);
+    vwn::detail::expect_shape(where, "H", H, T, wide_width());
+    vwn::detail::expect_shape(where, "dC", dC, T, wide_width());
+    vwn::detail::expect_shape(where, "dH", dH, T, wide_width());
+    vwn::detail::expect_no_alias(where, "dH", dH, "H", H);
+    vwn::detail::expect_no_alias(where, "dH", dH, "dX", dX);
+    vwn::detail::expect_no_alias(where, "dH", dH, "dC", dC);
+    const unsigned blocks = detail::token_blocks(T);
+    if constexpr (Dynamic) {
+      if (ws.dB.size() < std::size_t(T * N * M))
+        vwn::detail::fail(where, "workspace", "one filled by backward_depth", "no saved d b");
+      ws.dQ.resize(std::size_t(T * N * K));
+      ws.partial.resize(std::size_t(blocks) * 2 * N * K);
+      constexpr std::size_t smem = detail::dghc_backward_width_smem<M, N>::bytes;
+      const auto kernel = detail::dghc_backward_width_kernel<M, N, S>;
+      detail::allow_shared_memory(kernel, smem, where.c_str());
+      kernel<<<blocks, detail::block_threads, smem, policy.stream()>>>(
+          H.data(), H.outerStride(), dX.data(), dX.outerStride(), dC.data(), dC.outerStride(), dH.data(),
+          dH.outerStride(), params.pointers(), ws.P.data(), ws.rstd.data(), ws.dB.data(), ws.dQ.data(),
+          ws.partial.data(), int(db_), T);
+      VWN_CUDA_CHECK_LAUNCH();
+      detail::sum_partials(policy.stream(), ws.partial.data(), blocks, 2 * N * K,
+                           detail::dghc_coefficient_target<M, N>{grads.alpha(), grads.beta(), grads.S_alpha(),
+                                                                grads.S_beta()});
+      const unsigned groups = detail::token_groups(T);
+      ws.column_partial.resize(std::size_t(groups) * K * std::size_t(db_));
+      const dim3 grid(unsigned(detail::ceil_div(db_, detail::column_threads)), groups);
+      detail::dghc_projection_grad_kernel<M, N, S><<<grid, detail::column_threads, 0, policy.stream()>>>(
+          H.data(), H.outerStride(), ws.rstd.data(), ws.dQ.data(), ws.column_partial.data(), int(db_), T,
+          int(groups));
+      VWN_CUDA_CHECK_LAUNCH();
+      detail::dghc_projection_grad_finish<M, N>
+          <<<unsigned(detail::ceil_div(db_, detail::column_threads)), detail::column_threads, 0, policy.stream()>>>(
+              ws.column_partial.data(), int(groups), int(db_), params.pointers(), grads.W_alpha(), grads.W_beta(),
+              grads.g());
+      VWN_CUDA_CHECK_LAUNCH();
+    } else {
+      ws.partial.resize(std::size_t(blocks) * N * (M + N));
+      constexpr std::size_t smem = detail::ghc_backward_width_smem<M, N>::bytes;
+      const auto kernel = detail::ghc_backward_width_kernel<M, N, S>;
+      detail::allow_shared_memory(kernel, smem, where.c_str());
+      kernel<<<blocks, detail::block_threads, smem, policy.stream()>>>(
+          H.data(), H.outerStride(), dX.data(), dX.outerStride(), dC.data(), dC.outerStride(), dH.data(),
+          dH.outerStride(), params.pointers().alpha, ws.partial.data(), int(db_), T);
+      VWN_CUDA_CHECK_LAUNCH();
+      detail::sum_partials(policy.stream(), ws.partial.data(), blocks, N * (M + N),
+                           detail::plain_target{grads.alpha()});
+    }
+  }
+
+ private:
+  static constexpr int K = 2 * M + N;
+
+  template <class A>
+  index_t check_saved(const std::string& where, const workspace& ws, const A& a) const {
+    if (ws.tokens == 0) vwn::detail::fail(where, "workspace", "one filled by forward_width", "an empty workspace");
+    vwn::detail::expect_shape(where, "backbone-width argument", a, ws.tokens, D_);
+    return ws.tokens;
+  }
+
+  using widths<M, N>::D_;
+  using widths<M, N>::db_;
+
+ public:
+  using widths<M, N>::width;
+  using widths<M, N>::block_width;
+  using widths<M, N>::wide_width;
+};
+
+/// Static GHC on the device.
+template <int M, int N, class S = float>
+using ghc = basic_ghc<M, N, S, false>;
+/// Dynamic GHC on the device.
+template <int M, int N, class S = float>
+using dghc = basic_ghc<M, N, S, true>;
+
+}  // namespace vwn::cuda

@@ -31,9 +31,9 @@ namespace detail {
 template <class S>
 __global__ void gather_rows_kernel(const float* __restrict__ table, index_t width, const std::int32_t* __restrict__ tokens,
                                    S* __restrict__ out, index_t ld) {
-  const index_t t = blockIdx.y;
+  const index_t t = blockIdx.x;
   const float* row = table + index_t(tokens[t]) * width;
-  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < width; c += index_t(gridDim.x) * blockDim.x)
+  for (index_t c = index_t(blockIdx.y) * blockDim.x + threadIdx.x; c < width; c += index_t(gridDim.y) * blockDim.x)
     out[t * ld + c] = from_float<S>(row[c]);
 }
 
@@ -49,10 +49,10 @@ template <class G>
 __global__ void segmented_row_sum_kernel(const std::int32_t* __restrict__ keys, const std::int32_t* __restrict__ pos,
                                          index_t T, const G* __restrict__ g, index_t ldg, float* __restrict__ dtable,
                                          index_t width) {
-  const index_t i = blockIdx.y;
+  const index_t i = blockIdx.x;
   const std::int32_t key = keys[i];
   if (i > 0 && keys[i - 1] == key) return;  // not the start of a run
-  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < width; c += index_t(gridDim.x) * blockDim.x) {
+  for (index_t c = index_t(blockIdx.y) * blockDim.x + threadIdx.x; c < width; c += index_t(gridDim.y) * blockDim.x) {
     float s = 0.f;
     for (index_t j = i; j < T && keys[j] == key; ++j) s += to_float(g[index_t(pos[j]) * ldg + c]);
     dtable[index_t(key) * width + c] += s;
@@ -62,14 +62,15 @@ __global__ void segmented_row_sum_kernel(const std::int32_t* __restrict__ keys, 
 template <class G>
 __global__ void atomic_row_add_kernel(const std::int32_t* __restrict__ tokens, const G* __restrict__ g, index_t ldg,
                                       float* __restrict__ dtable, index_t width) {
-  const index_t t = blockIdx.y;
-  for (index_t c = index_t(blockIdx.x) * blockDim.x + threadIdx.x; c < width; c += index_t(gridDim.x) * blockDim.x)
+  const index_t t = blockIdx.x;
+  for (index_t c = index_t(blockIdx.y) * blockDim.x + threadIdx.x; c < width; c += index_t(gridDim.y) * blockDim.x)
     atomicAdd(dtable + index_t(tokens[t]) * width + c, to_float(g[t * ldg + c]));
 }
 
+// One block row per token on x (up to 2^31 - 1 tokens), at most 64 column blocks on y (y is limited to 65535).
 inline dim3 row_grid(index_t width, index_t rows) {
-  const index_t x = ceil_div(width, 256);
-  return dim3(unsigned(x < 64 ? x : 64), unsigned(rows));
+  const index_t y = ceil_div(width, 256);
+  return dim3(unsigned(rows), unsigned(y < 64 ? y : 64));
 }
 
 /// Token ids on the device, plus the scratch of the deterministic scatter.

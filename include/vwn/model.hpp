@@ -6,15 +6,18 @@
 /// multi-token-prediction head (depth 1) with the block-level mixer. Manual backward for every part,
 /// llm.c style: every activation is commented with its shape (`BT = B*T` token rows).
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "embedding.hpp"
 #include "ghc.hpp"
+#include "detail/parallel.hpp"
 #include "mtp.hpp"
 #include "nn.hpp"
 #include "reduce.hpp"
@@ -62,7 +65,8 @@ class transformer {
     nn::linear<Scalar> proj; ///< `D x D` output projection `Wo`
     nn::swiglu<Scalar> ffn;
     // Saved activations of the last forward.
-    mat H_in, H_mid, H_out;          // (BT, D') inputs of the two sub-layers and the block output
+    const mat* H_in = nullptr;       // (BT, D') the block input (the previous block's output, or H0 / U)
+    mat H_mid, H_out;                // (BT, D') input of the FFN sub-layer and the block output
     mat X, C, a, qkv_out, o, z;      // attention: (BT, D), (BT, D'), (BT, D), (BT, 3D), (BT, D), (BT, D)
     mat X2, C2, a2, z2;              // FFN: (BT, D), (BT, D'), (BT, D), (BT, D)
     typename ghc_type::workspace ws_attn, ws_ffn;
@@ -152,7 +156,13 @@ class transformer {
   /// Clears every gradient.
   void zero_grad() {
     dE_.setZero(direct_ ? cfg_.vocab : cfg_.vocab, direct_ ? wide_width() : cfg_.width);
-    visit([](const std::string&, Scalar*, Scalar* g, index_t size, bool) { std::fill(g, g + size, Scalar(0)); });
+    std::vector<std::pair<Scalar*, index_t>> g;  // every other gradient tensor, cleared in parallel
+    visit([&](const std::string&, Scalar*, Scalar* grad, index_t size, bool) {
+      if (grad != dE_.data()) g.emplace_back(grad, size);
+    });
+    detail::for_tasks(index_t(g.size()), [&](index_t i) {
+      std::fill(g[std::size_t(i)].first, g[std::size_t(i)].first + g[std::size_t(i)].second, Scalar(0));
+    });
   }
 
   /// Forward over `B` sequences of `T` tokens: `inputs`, `next` (targets at t+1) and, with MTP, `next2`
@@ -160,6 +170,7 @@ class transformer {
   losses forward(host_t, std::span<const std::int32_t> inputs, std::span<const std::int32_t> next,
                  std::span<const std::int32_t> next2, index_t T) {
     const std::string where = name() + "::forward";
+    const detail::eigen_serial serial;  // every product below is split by our own parallel loops
     const index_t BT = index_t(inputs.size());
     if (T < 1 || T > cfg_.context)
       detail::fail(where, "sequence length T", "1 <= T <= context = " + std::to_string(cfg_.context), std::to_string(T));
@@ -200,14 +211,17 @@ class transformer {
   void backward(host_t) {
     const std::string where = name() + "::backward";
     if (!H_last_) detail::fail(where, "state", "a preceding forward", "none");
+    const detail::eigen_serial serial;
     const index_t BT = index_t(inputs_.size()), Dw = wide_width();
-    mat dH(BT, Dw);  // (BT, D') gradient of H_L
+    backward_scratch& g = scratch_;
+    mat& dH = g.dH;  // (BT, D') gradient of H_L
+    dH.resize(BT, Dw);
     head_backward(*H_last_, next_, main_, Scalar(1), dH);
     if (cfg_.mtp) {
       const index_t db = cfg_.width / M;
-      mat dU2(BT, Dw);
+      mat &dU2 = g.dU2, &dU = g.dU, &dA = g.dA, &dB = g.dB, &dE1 = g.dE1, &dHm = g.dHm;  // each (BT, D')
+      for (mat* x : {&dU2, &dU, &dA, &dB, &dE1, &dHm}) x->resize(BT, Dw);
       head_backward(mtp_block_->H_out, next2_, mtp_, Scalar(cfg_.mtp_lambda), dU2);
-      mat dU(BT, Dw), dA(BT, Dw), dB(BT, Dw), dE1(BT, Dw), dHm(BT, Dw);
       block_backward(*mtp_block_, dU2, dU, T_);
       mixer_->backward(host, A_, B_, dU, dA, dB);
       slot_norm_e_->backward(host, slots(E1_, db), slots(dB, db), slots(dE1, db), ws_ne_);
@@ -215,7 +229,8 @@ class transformer {
       slot_norm_h_->backward(host, slots(*H_last_, db), slots(dA, db), slots(dHm, db), ws_nh_);
       dH += dHm;
     }
-    mat dprev(BT, Dw);
+    mat& dprev = g.dprev;  // (BT, D')
+    dprev.resize(BT, Dw);
     for (std::size_t l = blocks_.size(); l-- > 0;) {
       block_backward(*blocks_[l], dH, dprev, T_);
       dH.swap(dprev);
@@ -230,6 +245,14 @@ class transformer {
     typename reduce_head<M, N, Scalar>::workspace ws_head;
     typename nn::rmsnorm<Scalar>::workspace ws_fin;
     typename nn::cross_entropy<Scalar>::workspace ws_ce;
+  };
+
+  // Gradient buffers of backward, kept between steps so that a step allocates nothing once sizes settle.
+  struct backward_scratch {
+    mat dH, dprev, dU2, dU, dA, dB, dE1, dHm;     // (BT, D')
+    mat dz2, da2, dX2, dH_mid;                    // block FFN part: (BT, D) x 3, (BT, D')
+    mat dz, d_o, dqkv, da, dX;                    // block attention part: (BT, D), dqkv (BT, 3D)
+    mat dlogits, dhn, dh;                         // output head: (BT, V), (BT, D), (BT, D)
   };
 
   static const config& check(const config& c) {
@@ -282,10 +305,10 @@ class transformer {
   // One block on H (BT, D'); returns its output (BT, D'), kept in the block.
   const mat& block_forward(block& b, const mat& H, index_t T) {
     const index_t BT = H.rows(), D = cfg_.width, Dw = wide_width();
-    b.H_in = H;
+    b.H_in = &H;
     b.X.resize(BT, D), b.C.resize(BT, Dw), b.a.resize(BT, D), b.qkv_out.resize(BT, 3 * D), b.o.resize(BT, D),
         b.z.resize(BT, D), b.H_mid.resize(BT, Dw);
-    b.ghc_attn.forward_width(host, b.H_in, b.X, b.C, b.ws_attn);
+    b.ghc_attn.forward_width(host, H, b.X, b.C, b.ws_attn);
     b.attn_norm.forward(host, b.X, b.a, b.ws_an);
     b.qkv.forward(host, b.a, b.qkv_out);
     rope_.forward(host, b.qkv_out.leftCols(D), T);
@@ -304,12 +327,15 @@ class transformer {
   // dH_in (BT, D', overwritten) from dH_out.
   void block_backward(block& b, const mat& dH_out, mat& dH_in, index_t T) {
     const index_t BT = dH_out.rows(), D = cfg_.width, Dw = wide_width();
-    mat dz2(BT, D), da2(BT, D), dX2(BT, D), dH_mid(BT, Dw);
+    backward_scratch& g = scratch_;
+    mat &dz2 = g.dz2, &da2 = g.da2, &dX2 = g.dX2, &dH_mid = g.dH_mid;  // (BT, D) x 3, (BT, D')
+    dz2.resize(BT, D), da2.resize(BT, D), dX2.resize(BT, D), dH_mid.resize(BT, Dw);
     b.ghc_ffn.backward_depth(host, dH_out, b.z2, dz2, b.ws_ffn);
     b.ffn.backward(host, b.a2, dz2, da2, b.ws_ff);
     b.ffn_norm.backward(host, b.X2, da2, dX2, b.ws_fn);
     b.ghc_ffn.backward_width(host, b.H_mid, dX2, dH_out, dH_mid, b.ws_ffn);
-    mat dz(BT, D), d_o(BT, D), dqkv(BT, 3 * D), da(BT, D), dX(BT, D);
+    mat &dz = g.dz, &d_o = g.d_o, &dqkv = g.dqkv, &da = g.da, &dX = g.dX;  // (BT, D), dqkv (BT, 3D)
+    dz.resize(BT, D), d_o.resize(BT, D), dqkv.resize(BT, 3 * D), da.resize(BT, D), dX.resize(BT, D);
     b.ghc_attn.backward_depth(host, dH_mid, b.z, dz, b.ws_attn);
     b.proj.backward(host, b.o, dz, d_o);
     attn_.backward(host, b.qkv_out.leftCols(D), b.qkv_out.middleCols(D, D), b.qkv_out.rightCols(D), d_o,
@@ -319,7 +345,7 @@ class transformer {
     b.qkv.backward(host, b.a, dqkv, da);
     b.attn_norm.backward(host, b.X, da, dX, b.ws_an);
     dH_in.resize(BT, Dw);
-    b.ghc_attn.backward_width(host, b.H_in, dX, dH_mid, dH_in, b.ws_attn);
+    b.ghc_attn.backward_width(host, *b.H_in, dX, dH_mid, dH_in, b.ws_attn);
   }
 
   double head_forward(const mat& H, std::span<const std::int32_t> targets, head_state& s) {
@@ -334,7 +360,9 @@ class transformer {
   // dH (BT, D', overwritten) of `scale` times the head's loss.
   void head_backward(const mat& H, std::span<const std::int32_t> targets, head_state& s, Scalar scale, mat& dH) {
     const index_t BT = H.rows();
-    mat dlogits(BT, cfg_.vocab), dhn(BT, cfg_.width), dh(BT, cfg_.width);
+    backward_scratch& g = scratch_;
+    mat &dlogits = g.dlogits, &dhn = g.dhn, &dh = g.dh;  // (BT, V), (BT, D), (BT, D)
+    dlogits.resize(BT, cfg_.vocab), dhn.resize(BT, cfg_.width), dh.resize(BT, cfg_.width);
     ce_.backward(host, targets, dlogits, s.ws_ce, scale);
     out_.backward(host, s.hn, dlogits, dhn);
     final_norm_.backward(host, s.h, dhn, dh, s.ws_fin);
@@ -357,6 +385,7 @@ class transformer {
   std::optional<nn::rmsnorm<Scalar>> slot_norm_h_, slot_norm_e_;
   typename nn::rmsnorm<Scalar>::workspace ws_nh_, ws_ne_;
   head_state main_, mtp_;
+  backward_scratch scratch_;
   mat H0_, A_, B_, E1_, U_;
   const mat* H_last_ = nullptr;
   index_t T_ = 0;

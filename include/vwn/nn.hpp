@@ -42,6 +42,7 @@
 
 #include "config.hpp"
 #include "detail/norm.hpp"
+#include "detail/parallel.hpp"
 #include "random.hpp"
 
 namespace vwn {
@@ -119,7 +120,7 @@ class rmsnorm {
     detail::expect_no_alias(where, "y", y, "x", x);
     ws.rows = N;
     ws.rstd.resize(N);
-    detail::for_chunks(N, detail::reduction_chunks, [&](index_t, index_t r0, index_t r1) {
+    detail::for_ranges(N, detail::elementwise_tasks, [&](index_t r0, index_t r1) {
       for (index_t r = r0; r < r1; ++r) ws.rstd(r) = detail::rms_row_forward(x.row(r), params.w.transpose(), y.row(r));
     });
   }
@@ -136,19 +137,23 @@ class rmsnorm {
     detail::expect_no_alias(where, "dx", dx, "dy", dy);
     // Per-chunk partial dw, added in chunk order: the result does not depend on the thread count.
     const index_t chunks = detail::chunk_count(N);
-    std::vector<matrix<Scalar>> dw(std::size_t(chunks), matrix<Scalar>::Zero(1, C_));  // chunks x (1 x C)
-    detail::for_chunks(N, chunks, [&](index_t c, index_t r0, index_t r1) {
-      for (index_t r = r0; r < r1; ++r) {
-        dx.row(r).setZero();
-        detail::rms_row_backward(x.row(r), ws.rstd(r), params.w.transpose(), dy.row(r), dx.row(r),
-                                 dw[std::size_t(c)].row(0));
-      }
-    });
-    for (const auto& p : dw) grads.w += p.row(0).transpose();
+    dw_.setZero(chunks, C_);  // (chunks, C)
+    detail::for_tasks(
+        chunks,
+        [&](index_t c) {
+          const index_t r0 = N * c / chunks, r1 = N * (c + 1) / chunks;
+          for (index_t r = r0; r < r1; ++r) {
+            dx.row(r).setZero();
+            detail::rms_row_backward(x.row(r), ws.rstd(r), params.w.transpose(), dy.row(r), dx.row(r), dw_.row(c));
+          }
+        },
+        N >= detail::parallel_threshold);
+    for (index_t c = 0; c < chunks; ++c) grads.w += dw_.row(c).transpose();
   }
 
  private:
   index_t C_;
+  matrix<Scalar> dw_;  // (chunks, C) per-chunk partial gradients of w
 };
 
 /// Linear map without bias: `y = x W^T`, `x` of `N x in`, `W` of `out x in`, `y` of `N x out`.
@@ -201,7 +206,7 @@ class linear {
     const index_t N = detail::expect_tokens(where, "x", x, in_);
     detail::expect_shape(where, "y", y, N, out_);
     detail::expect_no_alias(where, "y", y, "x", x);
-    y.noalias() = x * params.W.transpose();  // (N, out)
+    detail::product(y, x, params.W.transpose());  // (N, out)
   }
 
   /// `dx = dy W` (`N x in`, overwritten) from `dy` (`N x out`); accumulates `dW += dy^T x`.
@@ -212,8 +217,8 @@ class linear {
     detail::expect_shape(where, "dx", dx, N, in_);
     detail::expect_no_alias(where, "dx", dx, "x", x);
     detail::expect_no_alias(where, "dx", dx, "dy", dy);
-    grads.W.noalias() += dy.transpose() * x;  // (out, in)
-    dx.noalias() = dy * params.W;             // (N, in)
+    detail::product<true>(grads.W, dy.transpose(), x);  // (out, in)
+    detail::product(dx, dy, params.W);                  // (N, in)
   }
 
  private:
@@ -279,7 +284,7 @@ class rope {
       detail::fail(where, "sequence length T", "at most " + std::to_string(max_tokens()) + " (the table size)",
                    "T = " + std::to_string(T));
     const index_t heads = x.cols() / hd_, half = hd_ / 2;
-    detail::for_chunks(x.rows(), detail::reduction_chunks, [&](index_t, index_t r0, index_t r1) {
+    detail::for_ranges(x.rows(), detail::elementwise_tasks, [&](index_t r0, index_t r1) {
       for (index_t r = r0; r < r1; ++r) {
         const index_t p = r % T;
         Scalar* row = detail::row_ptr(x, r);
@@ -349,24 +354,29 @@ class causal_attention {
     ws.tokens = T;
     ws.probs.resize(B * H_ * T, T);
     const Scalar scale = Scalar(1) / std::sqrt(Scalar(hd_));
-    detail::for_chunks(B * H_, B * H_, [&](index_t, index_t i0, index_t i1) {
-      for (index_t i = i0; i < i1; ++i) {
-        const index_t b = i / H_, h = i % H_;
-        const auto Q = q.block(b * T, h * hd_, T, hd_);  // (T, hd)
-        const auto K = k.block(b * T, h * hd_, T, hd_);  // (T, hd)
-        const auto V = v.block(b * T, h * hd_, T, hd_);  // (T, hd)
-        Eigen::Map<matrix<Scalar>> P(ws.probs.data() + i * T * T, T, T);  // (T, T)
-        P.noalias() = scale * Q * K.transpose();
-        for (index_t t = 0; t < T; ++t) {
+    // One task per (sequence, head). Queries go in tiles of `tile` rows; tile [r0, r1) sees keys 0..r1-1
+    // only, so the products skip most of the masked upper triangle.
+    detail::for_tasks(B * H_, [&](index_t i) {
+      const index_t b = i / H_, h = i % H_;
+      const auto Q = q.block(b * T, h * hd_, T, hd_);  // (T, hd)
+      const auto K = k.block(b * T, h * hd_, T, hd_);  // (T, hd)
+      const auto V = v.block(b * T, h * hd_, T, hd_);  // (T, hd)
+      auto Y = y.block(b * T, h * hd_, T, hd_);        // (T, hd)
+      Eigen::Map<matrix<Scalar>> P(ws.probs.data() + i * T * T, T, T);  // (T, T)
+      for (index_t r0 = 0; r0 < T; r0 += tile) {
+        const index_t r1 = std::min(T, r0 + tile), n = r1 - r0;
+        auto S = P.block(r0, 0, n, r1);  // (n, r1) scores, then probabilities
+        S.noalias() = scale * Q.middleRows(r0, n) * K.topRows(r1).transpose();
+        for (index_t t = r0; t < r1; ++t) {
           auto seen = P.row(t).head(t + 1);  // keys 0..t
           const Scalar mx = seen.maxCoeff();
           seen = (seen.array() - mx).exp().matrix();
           seen /= seen.sum();
           P.row(t).tail(T - t - 1).setZero();
         }
-        y.block(b * T, h * hd_, T, hd_).noalias() = P * V;  // (T, hd)
+        Y.middleRows(r0, n).noalias() = S * V.topRows(r1);  // (n, hd)
       }
-    });
+    }, BT >= detail::parallel_threshold);
   }
 
   /// `dq`, `dk`, `dv` (`(B*T) x (H*hd)`, overwritten) from `dy` and the inputs of the forward that filled `ws`.
@@ -388,29 +398,41 @@ class causal_attention {
       detail::expect_no_alias(where, "dv", dv, "an input", *in);
     }
     const Scalar scale = Scalar(1) / std::sqrt(Scalar(hd_));
-    detail::for_chunks(B * H_, B * H_, [&](index_t, index_t i0, index_t i1) {
-      matrix<Scalar> dP(T, T);  // (T, T) gradient of P, then of the scores
-      for (index_t i = i0; i < i1; ++i) {
-        const index_t b = i / H_, h = i % H_;
-        const auto Q = q.block(b * T, h * hd_, T, hd_);    // (T, hd)
-        const auto K = k.block(b * T, h * hd_, T, hd_);    // (T, hd)
-        const auto V = v.block(b * T, h * hd_, T, hd_);    // (T, hd)
-        const auto dY = dy.block(b * T, h * hd_, T, hd_);  // (T, hd)
-        const Eigen::Map<const matrix<Scalar>> P(ws.probs.data() + i * T * T, T, T);  // (T, T)
-        dP.noalias() = dY * V.transpose();
-        dv.block(b * T, h * hd_, T, hd_).noalias() = P.transpose() * dY;
+    detail::for_tasks(B * H_, [&](index_t i) {
+      thread_local matrix<Scalar> dP;  // (T, T) gradient of P, then of the scores; per thread, kept between calls
+      dP.resize(T, T);
+      const index_t b = i / H_, h = i % H_;
+      const auto Q = q.block(b * T, h * hd_, T, hd_);    // (T, hd)
+      const auto K = k.block(b * T, h * hd_, T, hd_);    // (T, hd)
+      const auto V = v.block(b * T, h * hd_, T, hd_);    // (T, hd)
+      const auto dY = dy.block(b * T, h * hd_, T, hd_);  // (T, hd)
+      const Eigen::Map<const matrix<Scalar>> P(ws.probs.data() + i * T * T, T, T);  // (T, T)
+      // Query tiles as in forward: rows [r0, r1) of dP and dS exist for keys 0..r1-1 only.
+      for (index_t r0 = 0; r0 < T; r0 += tile) {
+        const index_t r1 = std::min(T, r0 + tile), n = r1 - r0;
+        auto dS = dP.block(r0, 0, n, r1);  // (n, r1)
+        dS.noalias() = dY.middleRows(r0, n) * V.topRows(r1).transpose();
         // Softmax backward per row: dS = P . (dP - <P, dP>); masked entries have P = 0, so dS = 0 there.
-        for (index_t t = 0; t < T; ++t) {
-          const Scalar proj = P.row(t).dot(dP.row(t));
-          dP.row(t) = (P.row(t).array() * (dP.row(t).array() - proj)).matrix();
+        for (index_t t = r0; t < r1; ++t) {
+          const auto p = P.row(t).head(r1);
+          auto d = dP.row(t).head(r1);
+          const Scalar proj = p.dot(d);
+          d = (p.array() * (d.array() - proj)).matrix();
         }
-        dq.block(b * T, h * hd_, T, hd_).noalias() = scale * dP * K;
-        dk.block(b * T, h * hd_, T, hd_).noalias() = scale * dP.transpose() * Q;
+        dq.block(b * T + r0, h * hd_, n, hd_).noalias() = scale * dS * K.topRows(r1);
       }
-    });
+      // Key tiles [c0, c1): only queries c0..T-1 see them, and their rows of P and dS cover these keys.
+      for (index_t c0 = 0; c0 < T; c0 += tile) {
+        const index_t c1 = std::min(T, c0 + tile), n = c1 - c0, rows = T - c0;
+        dv.block(b * T + c0, h * hd_, n, hd_).noalias() = P.block(c0, c0, rows, n).transpose() * dY.bottomRows(rows);
+        dk.block(b * T + c0, h * hd_, n, hd_).noalias() =
+            scale * dP.block(c0, c0, rows, n).transpose() * Q.bottomRows(rows);
+      }
+    }, BT >= detail::parallel_threshold);
   }
 
  private:
+  static constexpr index_t tile = 64;  // query (and key) rows per tile
   index_t H_, hd_;
 };
 
@@ -486,11 +508,21 @@ class swiglu {
     detail::expect_shape(where, "y", y, N, C_);
     detail::expect_no_alias(where, "y", y, "x", x);
     ws.rows = N;
-    ws.a.noalias() = x * params.W1.transpose();  // (N, F)
-    ws.g.noalias() = x * params.W3.transpose();  // (N, F)
-    const auto a = ws.a.array();
-    ws.h = (a / (Scalar(1) + (-a).exp()) * ws.g.array()).matrix();  // (N, F) silu(a) g
-    y.noalias() = ws.h * params.W2.transpose();                       // (N, C)
+    ws.a.resize(N, F_);
+    ws.g.resize(N, F_);
+    ws.h.resize(N, F_);
+    // Every step is row-local: one task per row panel does the whole FFN for its rows.
+    detail::for_ranges(N, detail::product_panels(N), [&](index_t r0, index_t r1) {
+      const index_t n = r1 - r0;
+      const auto xs = x.middleRows(r0, n);  // (n, C)
+      auto a = ws.a.middleRows(r0, n);      // (n, F)
+      auto g = ws.g.middleRows(r0, n);      // (n, F)
+      auto h = ws.h.middleRows(r0, n);      // (n, F)
+      a.noalias() = xs * params.W1.transpose();
+      g.noalias() = xs * params.W3.transpose();
+      h = (a.array() / (Scalar(1) + (-a.array()).exp()) * g.array()).matrix();  // silu(a) g
+      y.middleRows(r0, n).noalias() = h * params.W2.transpose();               // (n, C)
+    });
   }
 
   /// `dx` (`N x C`, overwritten) from `dy` (`N x C`); accumulates the gradients of `W1`, `W2`, `W3`.
@@ -503,22 +535,36 @@ class swiglu {
     detail::expect_shape(where, "dx", dx, N, C_);
     detail::expect_no_alias(where, "dx", dx, "x", x);
     detail::expect_no_alias(where, "dx", dx, "dy", dy);
-    grads.W2.noalias() += dy.transpose() * ws.h;  // (C, F)
-    matrix<Scalar> dh = dy * params.W2;           // (N, F)
-    const auto a = ws.a.array();
-    const Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> sig =
-        (Scalar(1) + (-a).exp()).inverse();  // (N, F) sigmoid(a)
-    // silu'(a) = sig (1 + a (1 - sig)); dg = dh silu(a), da = dh g silu'(a).
-    const matrix<Scalar> dg = (dh.array() * a * sig).matrix();  // (N, F)
-    dh = (dh.array() * ws.g.array() * sig * (Scalar(1) + a * (Scalar(1) - sig))).matrix();  // (N, F) now da
-    grads.W1.noalias() += dh.transpose() * x;  // (F, C)
-    grads.W3.noalias() += dg.transpose() * x;  // (F, C)
-    dx.noalias() = dh * params.W1;             // (N, C)
-    dx.noalias() += dg * params.W3;
+    da_.resize(N, F_);
+    dg_.resize(N, F_);
+    // Row-local part, one task per row panel: dh = dy W2, then da = dh g silu'(a) (with
+    // silu'(a) = sig (1 + a (1 - sig))), dg = dh silu(a), and dx = da W1 + dg W3.
+    detail::for_ranges(N, detail::product_panels(N), [&](index_t r0, index_t r1) {
+      const index_t n = r1 - r0;
+      auto da = da_.middleRows(r0, n);  // (n, F) dh, then da
+      auto dg = dg_.middleRows(r0, n);  // (n, F)
+      da.noalias() = dy.middleRows(r0, n) * params.W2;
+      thread_local Eigen::Array<Scalar, 1, Eigen::Dynamic> sig;  // (F) sigmoid(a) of one row
+      for (index_t r = 0; r < n; ++r) {
+        const auto ar = ws.a.row(r0 + r).array();
+        sig = (Scalar(1) + (-ar).exp()).inverse();
+        const auto dh = da.row(r).array();
+        dg.row(r) = (dh * ar * sig).matrix();
+        da.row(r) = (dh * ws.g.row(r0 + r).array() * sig * (Scalar(1) + ar * (Scalar(1) - sig))).matrix();
+      }
+      auto dxs = dx.middleRows(r0, n);  // (n, C)
+      dxs.noalias() = da * params.W1;
+      dxs.noalias() += dg * params.W3;
+    });
+    // Weight gradients: reductions over the rows, split by rows of the gradient instead.
+    detail::product<true>(grads.W2, dy.transpose(), ws.h);  // (C, F)
+    detail::product<true>(grads.W1, da_.transpose(), x);    // (F, C)
+    detail::product<true>(grads.W3, dg_.transpose(), x);    // (F, C)
   }
 
  private:
   index_t C_, F_;
+  matrix<Scalar> da_, dg_;  // (N, F) backward scratch, kept between calls
 };
 
 /// Softmax cross-entropy over `V` classes: `L = mean_i (logsumexp(logits_i) - logits_i[target_i])`, logits
@@ -551,7 +597,7 @@ class cross_entropy {
     ws.rows = N;
     ws.probs.resize(N, V_);
     ws.loss.resize(N);
-    detail::for_chunks(N, detail::reduction_chunks, [&](index_t, index_t r0, index_t r1) {
+    detail::for_ranges(N, detail::elementwise_tasks, [&](index_t r0, index_t r1) {
       for (index_t r = r0; r < r1; ++r) {
         const auto z = logits.row(r);  // (V)
         const Scalar mx = z.maxCoeff();
@@ -577,7 +623,7 @@ class cross_entropy {
     check_targets(where, targets, N);
     detail::expect_shape(where, "dlogits", dlogits, N, V_);
     const Scalar s = scale / Scalar(N);
-    detail::for_chunks(N, detail::reduction_chunks, [&](index_t, index_t r0, index_t r1) {
+    detail::for_ranges(N, detail::elementwise_tasks, [&](index_t r0, index_t r1) {
       for (index_t r = r0; r < r1; ++r) {
         dlogits.row(r) = s * ws.probs.row(r);
         dlogits(r, targets[std::size_t(r)]) -= s;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "detail/parallel.hpp"
 
 namespace vwn::optim {
 
@@ -157,15 +158,21 @@ class adamw {
     for (tensor& t : tensors_) std::fill(t.grad, t.grad + t.size, Scalar(0));
   }
 
-  /// Global L2 norm of all registered gradients, accumulated in double in registration order (so the
-  /// result does not depend on threads). NaN or infinity when some gradient is not finite.
+  /// Global L2 norm of all registered gradients, accumulated in double: fixed pieces of each tensor (see
+  /// `piece_size`) are summed in parallel and their sums added in registration order, so the result does not
+  /// depend on the thread count. NaN or infinity when some gradient is not finite.
   double grad_norm() const {
+    const std::vector<piece>& ps = pieces();
+    std::vector<double> sums(ps.size());
+    detail::for_tasks(index_t(ps.size()), [&](index_t k) {
+      const piece& pc = ps[std::size_t(k)];
+      const Scalar* g = tensors_[pc.tensor].grad;
+      double sum = 0;
+      for (index_t i = pc.begin; i < pc.end; ++i) sum += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+      sums[std::size_t(k)] = sum;
+    });
     double sum = 0;
-    for (const tensor& t : tensors_)
-      for (index_t i = 0; i < t.size; ++i) {
-        const double g = static_cast<double>(t.grad[i]);
-        sum += g * g;
-      }
+    for (double x : sums) sum += x;
     return std::sqrt(sum);
   }
 
@@ -193,8 +200,12 @@ class adamw {
     }
     if (norm > max_norm) {
       const double scale = max_norm / norm;
-      for (tensor& t : tensors_)
-        for (index_t i = 0; i < t.size; ++i) t.grad[i] = static_cast<Scalar>(static_cast<double>(t.grad[i]) * scale);
+      const std::vector<piece>& ps = pieces();
+      detail::for_tasks(index_t(ps.size()), [&](index_t k) {
+        const piece& pc = ps[std::size_t(k)];
+        Scalar* g = tensors_[pc.tensor].grad;
+        for (index_t i = pc.begin; i < pc.end; ++i) g[i] = static_cast<Scalar>(static_cast<double>(g[i]) * scale);
+      });
     }
     return norm;
   }
@@ -208,13 +219,18 @@ class adamw {
     const double b1 = config_.beta1, b2 = config_.beta2, eps = config_.eps;
     const double bc1 = 1.0 - std::pow(b1, static_cast<double>(step_));
     const double bc2 = 1.0 - std::pow(b2, static_cast<double>(step_));
-    for (tensor& t : tensors_) {
+    // Element-wise: fixed pieces of the tensors, in parallel.
+    const std::vector<piece>& ps = pieces();
+    detail::for_tasks(index_t(ps.size()), [&](index_t k) {
+      const piece& pc = ps[std::size_t(k)];
+      tensor& t = tensors_[pc.tensor];
       const double wd = t.decay ? config_.weight_decay : 0.0;
-      Scalar* p = t.param;
-      const Scalar* g = t.grad;
-      Scalar* m = t.m.data();
-      Scalar* v = t.v.data();
-      for (index_t i = 0; i < t.size; ++i) {
+      Scalar* __restrict p = t.param + pc.begin;
+      const Scalar* __restrict g = t.grad + pc.begin;
+      Scalar* __restrict m = t.m.data() + pc.begin;
+      Scalar* __restrict v = t.v.data() + pc.begin;
+      const index_t n = pc.end - pc.begin;
+      for (index_t i = 0; i < n; ++i) {
         const double gi = static_cast<double>(g[i]);
         m[i] = static_cast<Scalar>(b1 * static_cast<double>(m[i]) + (1.0 - b1) * gi);
         v[i] = static_cast<Scalar>(b2 * static_cast<double>(v[i]) + (1.0 - b2) * gi * gi);
@@ -223,7 +239,7 @@ class adamw {
         const double pi = static_cast<double>(p[i]);
         p[i] = static_cast<Scalar>(pi - lr * (m_hat / (std::sqrt(v_hat) + eps) + wd * pi));
       }
-    }
+    });
   }
 
   /// Number of updates done so far (0 before the first `step`).
@@ -257,8 +273,28 @@ class adamw {
   }
 
  private:
+  /// Elements per piece of the parallel element-wise loops (a tensor's last piece may be shorter).
+  static constexpr index_t piece_size = index_t(1) << 16;
+  struct piece {
+    std::size_t tensor;
+    index_t begin, end;
+  };
+  // The pieces of every registered tensor, rebuilt when a tensor is added.
+  const std::vector<piece>& pieces() const {
+    if (pieces_of_ != tensors_.size()) {
+      pieces_.clear();
+      for (std::size_t k = 0; k < tensors_.size(); ++k)
+        for (index_t b = 0; b < tensors_[k].size; b += piece_size)
+          pieces_.push_back({k, b, std::min(tensors_[k].size, b + piece_size)});
+      pieces_of_ = tensors_.size();
+    }
+    return pieces_;
+  }
+
   adamw_config config_;
   std::vector<tensor> tensors_;
+  mutable std::vector<piece> pieces_;
+  mutable std::size_t pieces_of_ = 0;
   std::unordered_set<std::string> names_;
   std::int64_t step_ = 0;
 };

@@ -1,10 +1,19 @@
 // One training step (forward, backward, AdamW update) of the reference transformer on the host, float32:
-// D = 256 and 512, 4 layers, context 256, batch 4, for the (1,1) baseline without MTP, (2,3) DGHC and
-// (8,32) DGHC (both with MTP, as the paper trains VWN). bench/train_step_vs_torch.sh runs this beside the
-// same step in PyTorch with the same thread count and prints the ratios.
+// D = 256 and 512, 4 layers, context 256, batch 4, for the (1,1) baseline without MTP, (2,3) DGHC without
+// and with MTP, and (8,32) DGHC with MTP (as the paper trains VWN). bench/train_step_vs_torch.sh runs each
+// of these beside the same step in PyTorch with the same thread count and prints the ratios.
+//
+// BM_overhead/<D> measures the cost of VWN (2,3) dynamic over the (1,1) baseline (both without MTP) by
+// alternating steps of the two models in one process, so that load from other processes on a shared machine
+// affects both alike; it reports the median of the per-pair ratios.
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include <vwn/model.hpp>
@@ -14,40 +23,127 @@ namespace {
 
 constexpr vwn::index_t kBatch = 4, kContext = 256, kLayers = 4;
 
+// A model, its optimiser and a fixed random batch.
 template <int M, int N, bool Dynamic>
-void BM_train_step(benchmark::State& state) {
-  vwn::model::config c;
-  c.width = state.range(0);
-  c.layers = kLayers;
-  c.heads = c.width / 64;
-  c.context = kContext;
-  c.mtp = state.range(1) != 0;
-  vwn::model::transformer<M, N, Dynamic, float> model(c);
+struct trainer {
+  vwn::model::transformer<M, N, Dynamic, float> model;
   vwn::optim::adamw<float> opt;
-  model.visit([&](const std::string& name, float* p, float* g, vwn::index_t size, bool decay) {
-    opt.add(name, p, g, size, decay);
-  });
-  vwn::rng r(3);
-  const auto BT = std::size_t(kBatch * kContext);
-  std::vector<std::int32_t> tokens(BT + 2);
-  for (auto& t : tokens) t = std::int32_t(r.next() % 256);
-  const std::span<const std::int32_t> all(tokens);
+  std::vector<std::int32_t> tokens;
   double loss = 0;
-  for (auto _ : state) {
+
+  static vwn::model::config settings(vwn::index_t D, bool mtp) {
+    vwn::model::config c;
+    c.width = D;
+    c.layers = kLayers;
+    c.heads = D / 64;
+    c.context = kContext;
+    c.mtp = mtp;
+    return c;
+  }
+
+  trainer(vwn::index_t D, bool mtp) : model(settings(D, mtp)) {
+    model.visit([&](const std::string& name, float* p, float* g, vwn::index_t size, bool decay) {
+      opt.add(name, p, g, size, decay);
+    });
+    vwn::rng r(3);
+    tokens.resize(std::size_t(kBatch * kContext) + 2);
+    for (auto& t : tokens) t = std::int32_t(r.next() % 256);
+    step();  // warm-up: sizes every buffer once, as the first step of a training run does
+  }
+
+  void step() {
+    const auto BT = std::size_t(kBatch * kContext);
+    const std::span<const std::int32_t> all(tokens);
     model.zero_grad();
     loss = model.forward(vwn::host, all.subspan(0, BT), all.subspan(1, BT), all.subspan(2, BT), kContext).total;
     model.backward(vwn::host);
     opt.step(1e-4);
-    benchmark::DoNotOptimize(loss);
   }
-  if (!std::isfinite(loss)) state.SkipWithError("non-finite loss");
-  state.SetItemsProcessed(int64_t(state.iterations()) * int64_t(BT));
-  state.counters["loss"] = loss;
+
+  // Wall-clock milliseconds of one step.
+  double timed_step() {
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+};
+
+double median(std::vector<double> x) {
+  std::sort(x.begin(), x.end());
+  const std::size_t n = x.size();
+  return n == 0 ? NAN : n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+template <int M, int N, bool Dynamic>
+void BM_train_step(benchmark::State& state) {
+  trainer<M, N, Dynamic> t(state.range(0), state.range(1) != 0);
+  std::vector<double> ms;
+  for (auto _ : state) {
+    ms.push_back(t.timed_step());
+    benchmark::DoNotOptimize(t.loss);
+  }
+  if (!std::isfinite(t.loss)) state.SkipWithError("non-finite loss");
+  state.SetItemsProcessed(int64_t(state.iterations()) * kBatch * kContext);
+  state.counters["loss"] = t.loss;
+  state.counters["median_ms"] = median(ms);
+}
+
+// One iteration = one step of the (1,1) baseline and one of (2,3) dynamic, in alternating order.
+void BM_overhead(benchmark::State& state) {
+  trainer<1, 1, false> base(state.range(0), false);
+  trainer<2, 3, true> vwn(state.range(0), false);
+  std::vector<double> tb, tv, ratio;
+  bool base_first = true;
+  for (auto _ : state) {
+    double b, v;
+    if (base_first) {
+      b = base.timed_step();
+      v = vwn.timed_step();
+    } else {
+      v = vwn.timed_step();
+      b = base.timed_step();
+    }
+    base_first = !base_first;
+    tb.push_back(b);
+    tv.push_back(v);
+    ratio.push_back(v / b);
+    state.SetIterationTime(1e-3 * (b + v));
+  }
+  state.counters["base_ms"] = median(tb);
+  state.counters["vwn_ms"] = median(tv);
+  state.counters["overhead_pct"] = 100 * (median(ratio) - 1);
 }
 
 }  // namespace
 
-BENCHMARK(BM_train_step<1, 1, false>)->Args({256, 0})->Args({512, 0})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_train_step<2, 3, true>)->Args({256, 0})->Args({512, 0})->Args({256, 1})->Args({512, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_train_step<8, 32, true>)->Args({256, 1})->Args({512, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_MAIN();
+// Extra flag: --steps=N runs every benchmark for exactly N steps (N pairs for BM_overhead) after its warm-up
+// step, instead of Google Benchmark's adaptive count (which builds the model again for every trial count).
+int main(int argc, char** argv) {
+  std::int64_t steps = 0;
+  std::vector<char*> args;
+  for (int i = 0; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--steps=", 0) == 0)
+      steps = std::stoll(a.substr(8));
+    else
+      args.push_back(argv[i]);
+  }
+  auto fix = [&](benchmark::internal::Benchmark* b) {
+    b->Unit(benchmark::kMillisecond);
+    if (steps > 0) b->Iterations(steps);
+    return b;
+  };
+  fix(benchmark::RegisterBenchmark("BM_train_step<1, 1, false>", BM_train_step<1, 1, false>))
+      ->Args({256, 0})->Args({512, 0})->UseRealTime();
+  fix(benchmark::RegisterBenchmark("BM_train_step<2, 3, true>", BM_train_step<2, 3, true>))
+      ->Args({256, 0})->Args({512, 0})->Args({256, 1})->Args({512, 1})->UseRealTime();
+  fix(benchmark::RegisterBenchmark("BM_train_step<8, 32, true>", BM_train_step<8, 32, true>))
+      ->Args({256, 1})->Args({512, 1})->UseRealTime();
+  fix(benchmark::RegisterBenchmark("BM_overhead", BM_overhead))->Arg(256)->Arg(512)->UseManualTime();
+  int n = int(args.size());
+  benchmark::Initialize(&n, args.data());
+  if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

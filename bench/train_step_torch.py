@@ -9,7 +9,9 @@ F.cross_entropy for the loss. Run with Debian's PyTorch and OpenBLAS (libopenbla
 
     /usr/bin/python3 bench/train_step_torch.py --threads 2
 
-Prints one JSON object per configuration: {"name", "ms_per_step"} (median of --repeat steps after a warm-up).
+Prints one JSON object per configuration: {"name", "ms_per_step", "steps_ms", "loss"} (the median of --repeat
+steps after a warm-up step, and every step's time). --only 'NAME[;NAME...]' runs just those configurations (names
+as printed, e.g. "BM_train_step<2, 3, true>/256/0"), so that a driver can alternate them with the C++ side.
 """
 import argparse
 import json
@@ -48,15 +50,20 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--widths", default="256,512")
+    ap.add_argument("--only", default="", help="names separated by ';' (they contain commas)")
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(";")))
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float32)
     mr.cross_entropy = lambda logits, targets: F.cross_entropy(logits, targets)
     mr.rotary = rotary_float32
     mr.LAYERS, mr.TOKENS, mr.BATCH, mr.VOCAB = 4, 256, 4, 256
-    for D in (int(w) for w in args.widths.split(",")):
+    widths = {int(w) for w in args.widths.split(",")} | {int(n.split("/")[1]) for n in only}
+    for D in sorted(widths):
         mr.WIDTH, mr.HEADS, mr.FFN = D, D // 64, ((8 * D // 3 + 7) // 8) * 8
         for name, (m, n), dynamic, mtp in CONFIGS:
+            if only and name.format(D=D) not in only:
+                continue
             s = mr.Shape(m, n, dynamic, mtp, False)
             torch.manual_seed(0)
             # As the C++ model starts: matrices ~ N(0, 0.02^2), norm weights 1, GHC at the paper's init.
@@ -82,7 +89,7 @@ def main():
                 if i > 0:  # the first step is the warm-up
                     times.append(time.perf_counter() - t0)
             print(json.dumps({"name": name.format(D=D), "ms_per_step": 1e3 * statistics.median(times),
-                              "loss": float(total)}), flush=True)
+                              "steps_ms": [1e3 * t for t in times], "loss": float(total)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,36 +1,82 @@
 #!/usr/bin/env bash
 # Times one training step of the reference transformer in vwn (bench_train_step) and in PyTorch
-# (bench/train_step_torch.py, Debian's python3-torch on OpenBLAS) with the same thread count, one after the
-# other in one run, and prints a Markdown table: ms per step, PyTorch / vwn, and each VWN configuration's
-# cost over the (1,1) baseline. Needs: scripts/setup.sh --reference, and a Release build with benchmarks.
+# (bench/train_step_torch.py, Debian's python3-torch on OpenBLAS) with the same thread count, and prints a
+# Markdown table: ms per step, PyTorch / vwn, and the cost of VWN (2,3) over the (1,1) baseline.
 #
-#   bash bench/train_step_vs_torch.sh [build-dir] [threads]
+# Built for a shared, noisy machine: for every round and every configuration it runs `steps` vwn steps and
+# then `steps` PyTorch steps of that configuration (each after one warm-up step), so that drift in the load
+# falls on both sides alike. A side's time in one round is the median of its steps; the table gives the
+# median over the rounds, and "PyTorch / vwn" is the median of the per-round ratios. The (2,3) overhead comes
+# from BM_overhead, which alternates steps of the two vwn models in one process.
+# Needs: scripts/setup.sh --reference, and a Release build with benchmarks (VWN_NATIVE=ON for -march=native).
+#
+#   bash bench/train_step_vs_torch.sh [build-dir] [threads] [rounds] [steps]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${1:-$root/build}"
 threads="${2:-2}"
+rounds="${3:-3}"
+steps="${4:-3}"
 bin="$build/bench/bench_train_step"
 [ -x "$bin" ] || { echo "train_step_vs_torch: $bin not found: build with benchmarks first" >&2; exit 2; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-OMP_NUM_THREADS="$threads" "$bin" --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
-  --benchmark_out="$out/vwn.json" --benchmark_out_format=json > /dev/null
-OMP_NUM_THREADS="$threads" /usr/bin/python3 "$root/bench/train_step_torch.py" --threads "$threads" --repeat 3 \
-  > "$out/torch.jsonl"
-python3 - "$out/vwn.json" "$out/torch.jsonl" "$threads" <<'PY'
-import json, sys
-vwn = {b["run_name"].replace("/real_time", ""): b["real_time"] for b in json.load(open(sys.argv[1]))["benchmarks"]
-       if b.get("aggregate_name") == "median"}
-torch = {r["name"]: r["ms_per_step"] for r in map(json.loads, open(sys.argv[2]))}
-print(f"threads: {sys.argv[3]}; batch 4 x context 256, 4 layers, heads of 64; median ms per step")
+export OMP_NUM_THREADS="$threads"
+
+configs=()
+for D in 256 512; do
+  configs+=("BM_train_step<1, 1, false>/$D/0" "BM_train_step<2, 3, true>/$D/0" "BM_train_step<2, 3, true>/$D/1"
+            "BM_train_step<8, 32, true>/$D/1")
+done
+
+for ((r = 1; r <= rounds; r++)); do
+  for c in "${configs[@]}"; do
+    "$bin" --benchmark_filter="^$c/" --steps="$steps" \
+      --benchmark_out="$out/vwn.json" --benchmark_out_format=json > /dev/null
+    python3 - "$out/vwn.json" "$r" >> "$out/vwn.jsonl" <<'PY'
+import json, re, sys
+b = json.load(open(sys.argv[1]))["benchmarks"][0]
+print(json.dumps({"name": re.sub(r"/(iterations:\d+|real_time)", "", b["run_name"]), "round": int(sys.argv[2]),
+                  "ms_per_step": b["median_ms"]}))
+PY
+    /usr/bin/python3 "$root/bench/train_step_torch.py" --threads "$threads" --repeat "$steps" --only "$c" |
+      python3 -c 'import json, sys; [print(json.dumps(dict(json.loads(l), round=int(sys.argv[1])))) for l in sys.stdin]' "$r" \
+      >> "$out/torch.jsonl"
+  done
+done
+"$bin" --benchmark_filter='^BM_overhead' --steps="$((2 * rounds * steps))" \
+  --benchmark_out="$out/overhead.json" --benchmark_out_format=json > /dev/null
+
+native="$(grep -s '^VWN_NATIVE:BOOL=' "$build/CMakeCache.txt" | cut -d= -f2)"
+python3 - "$out" "$threads" "$rounds" "$steps" "${native:-unknown}" <<'PY'
+import json, statistics, sys
+out, threads, rounds, steps, native = sys.argv[1:]
+def load(path):
+    return [json.loads(l) for l in open(path)]
+vwn, torch = load(f"{out}/vwn.jsonl"), load(f"{out}/torch.jsonl")
+over = {b["run_name"].split("/")[1]: b for b in json.load(open(f"{out}/overhead.json"))["benchmarks"]
+        if b["run_name"].startswith("BM_overhead")}
+names = list(dict.fromkeys(r["name"] for r in vwn))
+print(f"threads: {threads}; -march=native: {native}; batch 4 x context 256, 4 layers, heads of 64; "
+      f"{rounds} rounds x {steps} steps per side, vwn and PyTorch alternating per configuration; "
+      "median ms per step")
 print()
-print("| configuration | D | MTP | vwn ms | PyTorch ms | PyTorch / vwn | vwn over (1,1) |")
-print("|---|---:|---|---:|---:|---:|---:|")
-for name in sorted(vwn, key=lambda n: (int(n.split("/")[1]), n)):
+print("| configuration | D | MTP | vwn ms | PyTorch ms | PyTorch / vwn |")
+print("|---|---:|---|---:|---:|---:|")
+for name in sorted(names, key=lambda n: (int(n.split("/")[1]), names.index(n))):
     cfg, D, mtp = name.split("/")
-    base = vwn.get(f"BM_train_step<1, 1, false>/{D}/0")
-    t = torch.get(name, float("nan"))
+    tv = {r["round"]: r["ms_per_step"] for r in vwn if r["name"] == name}
+    tt = {r["round"]: r["ms_per_step"] for r in torch if r["name"] == name}
+    ratios = [tt[k] / tv[k] for k in tv if k in tt]
     shape = cfg[len("BM_train_step<"):-1].replace(", true", " DGHC").replace(", false", " GHC")
-    print(f"| ({shape}) | {D} | {'yes' if mtp == '1' else 'no'} | {vwn[name]:.0f} | {t:.0f} | {t / vwn[name]:.2f} "
-          f"| {100 * (vwn[name] / base - 1):+.0f}% |")
+    print(f"| ({shape}) | {D} | {'yes' if mtp == '1' else 'no'} | {statistics.median(tv.values()):.0f} | "
+          f"{statistics.median(tt.values()):.0f} | {statistics.median(ratios):.2f} |")
+print()
+print("VWN (2,3) dynamic over the (1,1) baseline, both without MTP (BM_overhead: alternating steps in one process):")
+print()
+print("| D | (1,1) ms | (2,3) ms | overhead (median of pair ratios) | pairs |")
+print("|---:|---:|---:|---:|---:|")
+for D in sorted(over, key=int):
+    b = over[D]
+    print(f"| {D} | {b['base_ms']:.0f} | {b['vwn_ms']:.0f} | {b['overhead_pct']:+.1f}% | {b['iterations']} |")
 PY

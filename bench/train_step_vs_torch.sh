@@ -23,6 +23,7 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 export OMP_NUM_THREADS="$threads"
 
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
 configs=()
 for D in 256 512; do
   configs+=("BM_train_step<1, 1, false>/$D/0" "BM_train_step<2, 3, true>/$D/0" "BM_train_step<2, 3, true>/$D/1"
@@ -32,7 +33,7 @@ done
 for ((r = 1; r <= rounds; r++)); do
   for c in "${configs[@]}"; do
     "$bin" --benchmark_filter="^$c/" --steps="$steps" \
-      --benchmark_out="$out/vwn.json" --benchmark_out_format=json > /dev/null
+      --benchmark_out="$out/vwn.json" --benchmark_out_format=json > /dev/null 2>> "$out/vwn.log"
     python3 - "$out/vwn.json" "$r" >> "$out/vwn.jsonl" <<'PY'
 import json, re, sys
 b = json.load(open(sys.argv[1]))["benchmarks"][0]
@@ -45,12 +46,13 @@ PY
   done
 done
 "$bin" --benchmark_filter='^BM_overhead' --steps="$((2 * rounds * steps))" \
-  --benchmark_out="$out/overhead.json" --benchmark_out_format=json > /dev/null
+  --benchmark_out="$out/overhead.json" --benchmark_out_format=json > /dev/null 2>> "$out/vwn.log"
+load_end="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 native="$(grep -s '^VWN_NATIVE:BOOL=' "$build/CMakeCache.txt" | cut -d= -f2)"
-python3 - "$out" "$threads" "$rounds" "$steps" "${native:-unknown}" <<'PY'
+python3 - "$out" "$threads" "$rounds" "$steps" "${native:-unknown}" "$load_start" "$load_end" <<'PY'
 import json, statistics, sys
-out, threads, rounds, steps, native = sys.argv[1:]
+out, threads, rounds, steps, native, load_start, load_end = sys.argv[1:]
 def load(path):
     return [json.loads(l) for l in open(path)]
 vwn, torch = load(f"{out}/vwn.jsonl"), load(f"{out}/torch.jsonl")
@@ -60,6 +62,7 @@ names = list(dict.fromkeys(r["name"] for r in vwn))
 print(f"threads: {threads}; -march=native: {native}; batch 4 x context 256, 4 layers, heads of 64; "
       f"{rounds} rounds x {steps} steps per side, vwn and PyTorch alternating per configuration; "
       "median ms per step")
+print(f"load average (1, 5, 15 min) at start: {load_start}; at end: {load_end}")
 print()
 print("| configuration | D | MTP | vwn ms | PyTorch ms | PyTorch / vwn |")
 print("|---|---:|---|---:|---:|---:|")

@@ -311,8 +311,7 @@ class transformer {
     b.ghc_attn.forward_width(host, H, b.X, b.C, b.ws_attn);
     b.attn_norm.forward(host, b.X, b.a, b.ws_an);
     b.qkv.forward(host, b.a, b.qkv_out);
-    rope_.forward(host, b.qkv_out.leftCols(D), T);
-    rope_.forward(host, b.qkv_out.middleCols(D, D), T);
+    rope_.forward(host, b.qkv_out.leftCols(2 * D), T);  // q and k in one pass: the same rotation per head
     attn_.forward(host, b.qkv_out.leftCols(D), b.qkv_out.middleCols(D, D), b.qkv_out.rightCols(D), T, b.o, b.ws_att);
     b.proj.forward(host, b.o, b.z);
     b.ghc_attn.forward_depth(host, b.z, b.C, b.H_mid, b.ws_attn);
@@ -340,8 +339,7 @@ class transformer {
     b.proj.backward(host, b.o, dz, d_o);
     attn_.backward(host, b.qkv_out.leftCols(D), b.qkv_out.middleCols(D, D), b.qkv_out.rightCols(D), d_o,
                    dqkv.leftCols(D), dqkv.middleCols(D, D), dqkv.rightCols(D), b.ws_att);
-    rope_.backward(host, dqkv.leftCols(D), T);
-    rope_.backward(host, dqkv.middleCols(D, D), T);
+    rope_.backward(host, dqkv.leftCols(2 * D), T);
     b.qkv.backward(host, b.a, dqkv, da);
     b.attn_norm.backward(host, b.X, da, dX, b.ws_an);
     dH_in.resize(BT, Dw);

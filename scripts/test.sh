@@ -10,6 +10,6 @@ build_dir="${VWN_BUILD_DIR:-build}"
 jobs="$(nproc)"
 
 bash scripts/setup.sh
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DVWN_WERROR=ON
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DVWN_WERROR=ON -DVWN_NATIVE=OFF
 cmake --build "$build_dir" -j "$jobs"
 ctest --test-dir "$build_dir" --output-on-failure -j "$jobs"

@@ -120,12 +120,13 @@ inline constexpr index_t reduction_chunks = 32;
 inline constexpr index_t parallel_threshold = 64;
 
 /// Calls `f(chunk, begin, end)` for `chunks` contiguous ranges covering [0, count), in parallel under OpenMP
-/// when `count >= parallel_threshold`. The chunking does not depend on the thread count.
+/// when `count >= parallel_threshold`, the chunks handed out one at a time (a thread the OS deschedules holds
+/// up one chunk, not a fixed half of them). The chunking does not depend on the thread count.
 template <class F>
 void for_chunks(index_t count, index_t chunks, F&& f) {
   chunks = std::max<index_t>(1, std::min(chunks, count));
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (count >= parallel_threshold && !omp_in_parallel())
+#pragma omp parallel for schedule(dynamic, 1) if (count >= parallel_threshold && !omp_in_parallel())
 #endif
   for (index_t c = 0; c < chunks; ++c) f(c, count * c / chunks, count * (c + 1) / chunks);
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "detail/parallel.hpp"
 #include "random.hpp"
 #include "shape.hpp"
 
@@ -201,7 +202,7 @@ class lowrank_overwidth_embedding : public widths<M, N> {
     const std::string where = name() + "::forward";
     detail::check_tokens(where, tokens, V_);
     detail::expect_shape(where, "H0", H0, index_t(tokens.size()), wide_width());
-    H0.noalias() = gather(tokens) * params.W_expand.transpose();
+    detail::product(H0, gather(tokens), params.W_expand.transpose());
   }
 
   /// Accumulates the gradients from `dH0` (`T x D'`).
@@ -209,8 +210,9 @@ class lowrank_overwidth_embedding : public widths<M, N> {
     const std::string where = name() + "::backward";
     detail::check_tokens(where, tokens, V_);
     detail::expect_shape(where, "dH0", dH0, index_t(tokens.size()), wide_width());
-    grads.W_expand.noalias() += dH0.transpose() * gather(tokens);
-    const matrix<Scalar> dE = dH0 * params.W_expand;  // T x D
+    detail::product<true>(grads.W_expand, dH0.transpose(), gather(tokens));
+    matrix<Scalar> dE(dH0.rows(), D_);  // T x D
+    detail::product(dE, dH0, params.W_expand);
     detail::accumulate_sparse(grads.E_base, tokens, dE);
   }
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "config.hpp"
+#include "detail/parallel.hpp"
 #include "random.hpp"
 #include "shape.hpp"
 
@@ -59,8 +60,8 @@ class mtp_mixer : public widths<M, N> {
     detail::expect_shape(where, "U", U, T, wide_width());
     detail::expect_contiguous(where, "U", U);
     auto u = slot_rows(U.data(), T);
-    u.noalias() = slot_rows(A.data(), T) * params.W_mix.leftCols(db_).transpose();
-    u.noalias() += slot_rows(B.data(), T) * params.W_mix.rightCols(db_).transpose();
+    detail::product(u, slot_rows(A.data(), T), params.W_mix.leftCols(db_).transpose());
+    detail::product<true>(u, slot_rows(B.data(), T), params.W_mix.rightCols(db_).transpose());
   }
 
   /// `dA`, `dB` (overwritten) from `dU`; accumulates the gradient of `W_mix`.
@@ -75,10 +76,10 @@ class mtp_mixer : public widths<M, N> {
     detail::expect_contiguous(where, "dA", dA);
     detail::expect_contiguous(where, "dB", dB);
     const auto du = slot_rows(dU.data(), T);
-    slot_rows(dA.data(), T).noalias() = du * params.W_mix.leftCols(db_);
-    slot_rows(dB.data(), T).noalias() = du * params.W_mix.rightCols(db_);
-    grads.W_mix.leftCols(db_).noalias() += du.transpose() * slot_rows(A.data(), T);
-    grads.W_mix.rightCols(db_).noalias() += du.transpose() * slot_rows(B.data(), T);
+    detail::product(slot_rows(dA.data(), T), du, params.W_mix.leftCols(db_));
+    detail::product(slot_rows(dB.data(), T), du, params.W_mix.rightCols(db_));
+    detail::product<true>(grads.W_mix.leftCols(db_), du.transpose(), slot_rows(A.data(), T));
+    detail::product<true>(grads.W_mix.rightCols(db_), du.transpose(), slot_rows(B.data(), T));
   }
 
  private:

@@ -9,6 +9,7 @@
 
 #include "config.hpp"
 #include "detail/norm.hpp"
+#include "detail/parallel.hpp"
 #include "random.hpp"
 #include "shape.hpp"
 
@@ -94,7 +95,7 @@ class reduce_head : public widths<M, N> {
     if constexpr (!has_reduce) {
       h = H;
     } else if constexpr (!has_groupnorm) {
-      h.noalias() = H * params.W_reduce.transpose();
+      detail::product(h, H, params.W_reduce.transpose());
     } else {
       ws.normed.resize(T, wide_width());
       ws.mean.resize(T, groups);
@@ -108,7 +109,7 @@ class reduce_head : public widths<M, N> {
                                                   ws.mean(t, k));
           }
       });
-      h.noalias() = ws.normed * params.W_reduce.transpose();
+      detail::product(h, ws.normed, params.W_reduce.transpose());
     }
   }
 
@@ -123,11 +124,12 @@ class reduce_head : public widths<M, N> {
     if constexpr (!has_reduce) {
       dH = dh;
     } else if constexpr (!has_groupnorm) {
-      grads.W_reduce.noalias() += dh.transpose() * H;
-      dH.noalias() = dh * params.W_reduce;
+      detail::product<true>(grads.W_reduce, dh.transpose(), H);
+      detail::product(dH, dh, params.W_reduce);
     } else {
-      grads.W_reduce.noalias() += dh.transpose() * ws.normed;
-      const matrix<Scalar> dnormed = dh * params.W_reduce;  // T x D'
+      detail::product<true>(grads.W_reduce, dh.transpose(), ws.normed);
+      matrix<Scalar> dnormed(T, wide_width());  // T x D'
+      detail::product(dnormed, dh, params.W_reduce);
       const index_t chunks = detail::chunk_count(T);
       std::vector<matrix<Scalar>> dw(std::size_t(chunks), matrix<Scalar>::Zero(1, wide_width()));
       std::vector<matrix<Scalar>> db(std::size_t(chunks), matrix<Scalar>::Zero(1, wide_width()));

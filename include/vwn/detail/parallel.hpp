@@ -1,6 +1,6 @@
 #pragma once
-// Coarse-grained parallel loops and products for the reference transformer's host code (nn.hpp, model.hpp,
-// optim.hpp).
+// Coarse-grained parallel loops and products for the host code of the reference transformer (nn.hpp,
+// model.hpp, optim.hpp) and of the primitives' products (reduce.hpp, mtp.hpp, embedding.hpp).
 //
 // Every loop here is split into a fixed set of tasks that does not depend on the thread count, each task
 // writes only its own outputs, and the tasks are handed out dynamically: results are the same for any number

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include <vwn/model.hpp>
-#include <vwn/optim.hpp>
+#include <transformer/model.hpp>
+#include <transformer/optim.hpp>
 
 namespace {
 
@@ -26,13 +26,14 @@ constexpr vwn::index_t kBatch = 4, kContext = 256, kLayers = 4;
 // A model, its optimiser and a fixed random batch.
 template <int M, int N, bool Dynamic>
 struct trainer {
-  vwn::model::transformer<M, N, Dynamic, float> model;
+  vwn::model::transformer<float> model;
   vwn::optim::adamw<float> opt;
   std::vector<std::int32_t> tokens;
   double loss = 0;
 
   static vwn::model::config settings(vwn::index_t D, bool mtp) {
     vwn::model::config c;
+    c.shape = {M, N, Dynamic};
     c.width = D;
     c.layers = kLayers;
     c.heads = D / 64;

@@ -8,7 +8,7 @@
 # Does nothing (and does not touch apt) when everything is already installed.
 set -euo pipefail
 
-packages=(build-essential cmake libeigen3-dev libgtest-dev googletest libgmock-dev libbenchmark-dev)
+packages=(build-essential cmake libeigen3-dev libgtest-dev googletest libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev)
 
 for arg in "$@"; do
   case "$arg" in

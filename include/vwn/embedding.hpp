@@ -5,17 +5,34 @@
 /// Table gradients are sparse: only the rows of tokens in the batch, summed per distinct token.
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "config.hpp"
+#include "core/checks.hpp"
+#include "core/config.hpp"
+#include "core/random.hpp"
+#include "core/shape.hpp"
+#include "core/shapes.hpp"
+#include "core/tensors.hpp"
 #include "detail/parallel.hpp"
-#include "random.hpp"
-#include "shape.hpp"
 
 namespace vwn {
+
+/// The parameter tensor of a direct over-width embedding of shape `(M, N)`: `E` (`V x D'`), no weight decay.
+template <int M, int N>
+constexpr std::array<tensor_spec, 1> overwidth_embedding_tensors(index_t V, index_t D) {
+  return {{{"E", V, N * (D / M), false}}};
+}
+
+/// The parameter tensors of a low-rank over-width embedding of shape `(M, N)`: `E_base` (`V x D`, no weight
+/// decay, an embedding) and `W_expand` (`D' x D`, weight decay, a dense matrix).
+template <int M, int N>
+constexpr std::array<tensor_spec, 2> lowrank_overwidth_embedding_tensors(index_t V, index_t D) {
+  return {{{"E_base", V, D, false}, {"W_expand", N * (D / M), D, true}}};
+}
 
 /// Sparse gradient of an embedding table: `rows[i]` (sorted, distinct) has gradient `values.row(i)`.
 template <class Scalar>
@@ -74,10 +91,11 @@ class overwidth_embedding : public widths<M, N> {
   /// Parameters: the table.
   struct parameters {
     matrix<Scalar> E;  ///< `V x D'`, init N(0, 0.02^2); no weight decay (an embedding)
-    /// Visits `f(name, data, size, weight_decay)`.
+    /// Visits `f(name, data, size, weight_decay)` for the tensor of `overwidth_embedding_tensors`.
     template <class F>
     void visit(F&& f) {
-      f("E", E.data(), index_t(E.size()), false);
+      const tensor_spec t = overwidth_embedding_tensors<M, N>(E.rows(), M * (E.cols() / N))[0];
+      f(t.name, E.data(), t.size(), t.decay);
     }
   };
   /// Sparse gradient of the table.
@@ -114,20 +132,10 @@ class overwidth_embedding : public widths<M, N> {
   }
 
   /// `H0` (`T x D'`) from `tokens` (length `T`, each in `[0, V)`).
-  void forward(host_t, std::span<const std::int32_t> tokens, matrix_ref<Scalar> H0) const {
-    const std::string where = name() + "::forward";
-    detail::check_tokens(where, tokens, V_);
-    detail::expect_shape(where, "H0", H0, index_t(tokens.size()), wide_width());
-    for (std::size_t t = 0; t < tokens.size(); ++t) H0.row(index_t(t)) = params.E.row(tokens[t]);
-  }
+  void forward(host_t, std::span<const std::int32_t> tokens, matrix_ref<Scalar> H0) const;
 
   /// Accumulates the sparse gradient of `E` from `dH0` (`T x D'`).
-  void backward(host_t, std::span<const std::int32_t> tokens, matrix_cref<Scalar> dH0) {
-    const std::string where = name() + "::backward";
-    detail::check_tokens(where, tokens, V_);
-    detail::expect_shape(where, "dH0", dH0, index_t(tokens.size()), wide_width());
-    detail::accumulate_sparse(grads.E, tokens, dH0);
-  }
+  void backward(host_t, std::span<const std::int32_t> tokens, matrix_cref<Scalar> dH0);
 
  private:
   index_t V_;
@@ -140,6 +148,22 @@ class overwidth_embedding : public widths<M, N> {
   using widths<M, N>::wide_width;
 };
 
+template <int M, int N, class Scalar>
+void overwidth_embedding<M, N, Scalar>::forward(host_t, std::span<const std::int32_t> tokens, matrix_ref<Scalar> H0) const {
+  const std::string where = name() + "::forward";
+  detail::check_tokens(where, tokens, V_);
+  detail::expect_shape(where, "H0", H0, index_t(tokens.size()), wide_width());
+  for (std::size_t t = 0; t < tokens.size(); ++t) H0.row(index_t(t)) = params.E.row(tokens[t]);
+}
+
+template <int M, int N, class Scalar>
+void overwidth_embedding<M, N, Scalar>::backward(host_t, std::span<const std::int32_t> tokens, matrix_cref<Scalar> dH0) {
+  const std::string where = name() + "::backward";
+  detail::check_tokens(where, tokens, V_);
+  detail::expect_shape(where, "dH0", dH0, index_t(tokens.size()), wide_width());
+  detail::accumulate_sparse(grads.E, tokens, dH0);
+}
+
 /// Low-rank over-width embedding of shape `(M, N)` (eq. 3): `H0[t] = W_expand E_base[token[t]]`.
 template <int M, int N, class Scalar = float>
 class lowrank_overwidth_embedding : public widths<M, N> {
@@ -151,11 +175,12 @@ class lowrank_overwidth_embedding : public widths<M, N> {
   struct parameters {
     matrix<Scalar> E_base;    ///< `V x D`, init N(0, 0.02^2); no weight decay (an embedding)
     matrix<Scalar> W_expand;  ///< `D' x D`, init N(0, 1/D) so H0 has the scale of E_base; weight decay
-    /// Visits `f(name, data, size, weight_decay)`.
+    /// Visits `f(name, data, size, weight_decay)` for the tensors of `lowrank_overwidth_embedding_tensors`.
     template <class F>
     void visit(F&& f) {
-      f("E_base", E_base.data(), index_t(E_base.size()), false);
-      f("W_expand", W_expand.data(), index_t(W_expand.size()), true);
+      const auto t = lowrank_overwidth_embedding_tensors<M, N>(E_base.rows(), E_base.cols());
+      f(t[0].name, E_base.data(), t[0].size(), t[0].decay);
+      f(t[1].name, W_expand.data(), t[1].size(), t[1].decay);
     }
   };
   /// Gradients: sparse rows for the table, dense for the expansion.
@@ -198,23 +223,10 @@ class lowrank_overwidth_embedding : public widths<M, N> {
   }
 
   /// `H0` (`T x D'`) from `tokens` (length `T`, each in `[0, V)`).
-  void forward(host_t, std::span<const std::int32_t> tokens, matrix_ref<Scalar> H0) const {
-    const std::string where = name() + "::forward";
-    detail::check_tokens(where, tokens, V_);
-    detail::expect_shape(where, "H0", H0, index_t(tokens.size()), wide_width());
-    detail::product(H0, gather(tokens), params.W_expand.transpose());
-  }
+  void forward(host_t, std::span<const std::int32_t> tokens, matrix_ref<Scalar> H0) const;
 
   /// Accumulates the gradients from `dH0` (`T x D'`).
-  void backward(host_t, std::span<const std::int32_t> tokens, matrix_cref<Scalar> dH0) {
-    const std::string where = name() + "::backward";
-    detail::check_tokens(where, tokens, V_);
-    detail::expect_shape(where, "dH0", dH0, index_t(tokens.size()), wide_width());
-    detail::product<true>(grads.W_expand, dH0.transpose(), gather(tokens));
-    matrix<Scalar> dE(dH0.rows(), D_);  // T x D
-    detail::product(dE, dH0, params.W_expand);
-    detail::accumulate_sparse(grads.E_base, tokens, dE);
-  }
+  void backward(host_t, std::span<const std::int32_t> tokens, matrix_cref<Scalar> dH0);
 
  private:
   matrix<Scalar> gather(std::span<const std::int32_t> tokens) const {
@@ -233,4 +245,35 @@ class lowrank_overwidth_embedding : public widths<M, N> {
   using widths<M, N>::wide_width;
 };
 
+template <int M, int N, class Scalar>
+void lowrank_overwidth_embedding<M, N, Scalar>::forward(host_t, std::span<const std::int32_t> tokens, matrix_ref<Scalar> H0) const {
+  const std::string where = name() + "::forward";
+  detail::check_tokens(where, tokens, V_);
+  detail::expect_shape(where, "H0", H0, index_t(tokens.size()), wide_width());
+  detail::product(H0, gather(tokens), params.W_expand.transpose());
+}
+
+template <int M, int N, class Scalar>
+void lowrank_overwidth_embedding<M, N, Scalar>::backward(host_t, std::span<const std::int32_t> tokens, matrix_cref<Scalar> dH0) {
+  const std::string where = name() + "::backward";
+  detail::check_tokens(where, tokens, V_);
+  detail::expect_shape(where, "dH0", dH0, index_t(tokens.size()), wide_width());
+  detail::product<true>(grads.W_expand, dH0.transpose(), gather(tokens));
+  matrix<Scalar> dE(dH0.rows(), D_);  // T x D
+  detail::product(dE, dH0, params.W_expand);
+  detail::accumulate_sparse(grads.E_base, tokens, dE);
+}
+
 }  // namespace vwn
+
+// With VWN_EXTERN_COMPILED_SHAPES defined, the compiled shapes are instantiated once, where
+// VWN_INSTANTIATE_SHAPE(m, n, Scalar) is written (<vwn/precompiled.hpp>), not in every translation unit.
+#ifdef VWN_EXTERN_COMPILED_SHAPES
+#define VWN_EXTERN_EMBEDDING_(m, n) \
+  extern template class vwn::overwidth_embedding<m, n, float>;         \
+  extern template class vwn::overwidth_embedding<m, n, double>;        \
+  extern template class vwn::lowrank_overwidth_embedding<m, n, float>; \
+  extern template class vwn::lowrank_overwidth_embedding<m, n, double>;
+VWN_COMPILED_SHAPES(VWN_EXTERN_EMBEDDING_)
+#undef VWN_EXTERN_EMBEDDING_
+#endif

@@ -11,17 +11,41 @@
 /// Static GHC: `a = alpha` (`n x (m+n)`), `b = beta` (`n x m`). Dynamic GHC, per token:
 ///   `Hn = rmsnorm_rows(H) * g`, `P = tanh(Hn [W_alpha | W_beta] / sqrt(db))` (`n x (2m+n)`),
 ///   `a = S_alpha . P[:, :m+n] + alpha`, `b = S_beta . P[:, m+n:] + beta`.
+/// The per-token formulas are those of <vwn/math/ghc.hpp> and <vwn/math/norm.hpp>, shared with the CUDA back end;
+/// this file holds the host's loops over tokens, its reductions and its argument checks.
 
+#include <array>
 #include <cmath>
 #include <string>
 #include <vector>
 
-#include "config.hpp"
-#include "detail/norm.hpp"
-#include "random.hpp"
-#include "shape.hpp"
+#include "core/checks.hpp"
+#include "core/config.hpp"
+#include "core/random.hpp"
+#include "core/shape.hpp"
+#include "core/shapes.hpp"
+#include "core/tensors.hpp"
+#include "detail/parallel.hpp"
+#include "detail/rows.hpp"
+#include "math/ghc.hpp"
+#include "math/norm.hpp"
 
 namespace vwn {
+
+/// The parameter tensors of a GHC sub-layer of shape `(M, N)` and block width `db`, in visit order: `alpha`
+/// (`n x (m+n)`), `beta` (`n x m`), and for DGHC `W_alpha` (`db x (m+n)`), `W_beta` (`db x m`), `S_alpha`,
+/// `S_beta` and `g` (`db`). Weight decay applies to the dynamic projections and scales, never to the static
+/// matrices or the norm weight. Both back ends name and lay out their tensors from this list.
+template <int M, int N, bool Dynamic>
+constexpr auto ghc_tensors(index_t db) {
+  constexpr int count = Dynamic ? 7 : 2;
+  const tensor_spec all[7] = {{"alpha", N, M + N, false},   {"beta", N, M, false},    {"W_alpha", db, M + N, true},
+                              {"W_beta", db, M, true},      {"S_alpha", N, M + N, true}, {"S_beta", N, M, true},
+                              {"g", db, 1, false}};
+  std::array<tensor_spec, count> out{};
+  for (int i = 0; i < count; ++i) out[std::size_t(i)] = all[i];
+  return out;
+}
 
 /// Parameters (or their gradients) of a GHC sub-layer. The static part is always present; the dynamic
 /// part only when `Dynamic`.
@@ -39,11 +63,12 @@ struct ghc_parameters<M, N, Scalar, false> {
     alpha.setZero();
     beta.setZero();
   }
-  /// Visits `f(name, data, size, weight_decay)` for each tensor, in a fixed order.
+  /// Visits `f(name, data, size, weight_decay)` for each tensor of `ghc_tensors`, in that order.
   template <class F>
   void visit(F&& f) {
-    f("alpha", alpha.data(), index_t(alpha.size()), false);
-    f("beta", beta.data(), index_t(beta.size()), false);
+    Scalar* data[2] = {alpha.data(), beta.data()};
+    int i = 0;
+    for (const tensor_spec& t : ghc_tensors<M, N, false>(0)) f(t.name, data[i++], t.size(), t.decay);
   }
 };
 
@@ -68,17 +93,12 @@ struct ghc_parameters<M, N, Scalar, true> {
     S_beta.setZero();
     g.setZero();
   }
-  /// Visits `f(name, data, size, weight_decay)` for each tensor, in a fixed order. Weight decay applies
-  /// to the dynamic projections and scales, never to the static matrices or the norm weight.
+  /// Visits `f(name, data, size, weight_decay)` for each tensor of `ghc_tensors`, in that order.
   template <class F>
   void visit(F&& f) {
-    f("alpha", alpha.data(), index_t(alpha.size()), false);
-    f("beta", beta.data(), index_t(beta.size()), false);
-    f("W_alpha", W_alpha.data(), index_t(W_alpha.size()), true);
-    f("W_beta", W_beta.data(), index_t(W_beta.size()), true);
-    f("S_alpha", S_alpha.data(), index_t(S_alpha.size()), true);
-    f("S_beta", S_beta.data(), index_t(S_beta.size()), true);
-    f("g", g.data(), index_t(g.size()), false);
+    Scalar* data[7] = {alpha.data(), beta.data(), W_alpha.data(), W_beta.data(), S_alpha.data(), S_beta.data(), g.data()};
+    int i = 0;
+    for (const tensor_spec& t : ghc_tensors<M, N, true>(g.size())) f(t.name, data[i++], t.size(), t.decay);
   }
 };
 
@@ -94,32 +114,70 @@ struct ghc_workspace {
 
 namespace detail {
 
-// Small-matrix product dst = lhs * rhs: coefficient-based (unrolled over the fixed inner size) for small
-// shapes, Eigen's blocked GEMM for large ones such as (8, 64).
-template <bool Accumulate = false, class Dst, class Lhs, class Rhs>
-void small_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
-  constexpr int inner = Lhs::ColsAtCompileTime;
-  constexpr int rows = Lhs::RowsAtCompileTime;
-  if constexpr (inner != Eigen::Dynamic && rows != Eigen::Dynamic && inner * rows <= 16 * 24) {
-    // Row axpys: dst.row(c) (+)= sum_j lhs(c, j) rhs.row(j); each row stays in L1 while it accumulates.
-    for (int c = 0; c < rows; ++c) {
-      auto d = dst.row(c);
-      if constexpr (Accumulate)
-        d += lhs(c, 0) * rhs.row(0);
-      else
-        d = lhs(c, 0) * rhs.row(0);
-      for (int j = 1; j < inner; ++j) d += lhs(c, j) * rhs.row(j);
-    }
-  } else {
-    if constexpr (Accumulate)
-      dst.noalias() += lhs * rhs;
-    else
-      dst.noalias() = lhs * rhs;
+/// The argument checks of a GHC sub-layer of shape `(M, N)`, backbone width `D`, over-width `Dw`, shared by the
+/// host and device classes (views of either kind). Each throws std::invalid_argument before anything is written.
+struct ghc_checks {
+  std::string_view where;
+  index_t D, Dw;
+
+  /// `H` (`T x D'`) -> `X` (`T x D`), `C` (`T x D'`), no overlaps; returns `T`.
+  template <class HV, class XV, class CV>
+  index_t forward_width(const HV& H, const XV& X, const CV& C) const {
+    const index_t T = expect_tokens(where, "H", H, Dw);
+    expect_shape(where, "X", X, T, D);
+    expect_shape(where, "C", C, T, Dw);
+    expect_no_alias(where, "X", X, "H", H);
+    expect_no_alias(where, "C", C, "H", H);
+    expect_no_alias(where, "C", C, "X", X);
+    return T;
   }
-}
+  /// `Z`, `C` -> `H_out` for the `T` tokens of the saved state; `H_out` may be exactly `C` (returns whether it is).
+  template <class ZV, class CV, class OV>
+  bool forward_depth(index_t T, const ZV& Z, const CV& C, const OV& H_out) const {
+    saved(T, Z);
+    expect_shape(where, "C", C, T, Dw);
+    expect_shape(where, "H_out", H_out, T, Dw);
+    expect_no_alias(where, "H_out", H_out, "Z", Z);
+    const bool in_place = same_view(H_out, C);
+    if (!in_place) expect_no_alias(where, "H_out", H_out, "C (other than exactly in place)", C);
+    return in_place;
+  }
+  /// `dH_out`, `Z` -> `dZ`.
+  template <class GV, class ZV, class DZV>
+  void backward_depth(index_t T, const GV& dH_out, const ZV& Z, const DZV& dZ) const {
+    saved(T, Z);
+    expect_shape(where, "dH_out", dH_out, T, Dw);
+    expect_shape(where, "dZ", dZ, T, D);
+    expect_no_alias(where, "dZ", dZ, "dH_out", dH_out);
+    expect_no_alias(where, "dZ", dZ, "Z", Z);
+  }
+  /// `H`, `dX`, `dC` -> `dH`.
+  template <class HV, class XV, class CV, class DHV>
+  void backward_width(index_t T, const HV& H, const XV& dX, const CV& dC, const DHV& dH) const {
+    saved(T, dX);
+    expect_shape(where, "H", H, T, Dw);
+    expect_shape(where, "dC", dC, T, Dw);
+    expect_shape(where, "dH", dH, T, Dw);
+    expect_no_alias(where, "dH", dH, "H", H);
+    expect_no_alias(where, "dH", dH, "dX", dX);
+    expect_no_alias(where, "dH", dH, "dC", dC);
+  }
+  /// A saved state of `T` tokens from `forward_width`, and a backbone-width argument of `T` rows.
+  template <class A>
+  void saved(index_t T, const A& a) const {
+    if (T == 0) fail(where, "workspace", "one filled by forward_width", "an empty workspace");
+    expect_shape(where, "backbone-width argument", a, T, D);
+  }
+};
+
+/// Whether the host evaluates the token products of shape `(M, N)` as Eigen GEMMs: for coefficient blocks of
+/// more than 384 entries ((8,32), (8,64)) one blocked product beats `m+n` rows of `n` vectorised axpys. Below
+/// that, the host calls the math layer's weighted sums directly. Both compute the same contraction.
+template <int M, int N>
+inline constexpr bool ghc_uses_gemm = N * (M + N) > 16 * 24;
 
 // dst (+)= lhs * rhs^T where the result is a fixed small matrix and the inner size (db) is long:
-// coefficient-based dot products of contiguous rows for small results.
+// coefficient-based dot products of contiguous rows for small results (a reduction over the slot width).
 template <bool Accumulate, class Dst, class Lhs, class Rhs>
 void small_product_nt(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
   constexpr int size = std::remove_reference_t<Dst>::SizeAtCompileTime;
@@ -207,198 +265,35 @@ class basic_ghc : public widths<M, N> {
 
   /// Width connection, forward: `H` (`T x D'`) -> `X` (`T x D`, backbone input) and `C` (`T x D'`, carried
   /// state). Saves what backward needs in `ws`.
-  void forward_width(host_t, matrix_cref<Scalar> H, matrix_ref<Scalar> X, matrix_ref<Scalar> C, workspace& ws) const {
-    const std::string where = name() + "::forward_width";
-    const index_t T = detail::expect_tokens(where, "H", H, wide_width());
-    detail::expect_shape(where, "X", X, T, D_);
-    detail::expect_shape(where, "C", C, T, wide_width());
-    detail::expect_no_alias(where, "X", X, "H", H);
-    detail::expect_no_alias(where, "C", C, "H", H);
-    detail::expect_no_alias(where, "C", C, "X", X);
-    ws.tokens = T;
-    if constexpr (Dynamic) {
-      ws.rstd.resize(T * N);
-      ws.P.resize(T * N, K);
-      ws.dB.resize(T * N, M);
-      const matrix<Scalar> WT = projection_transposed();  // (2m+n) x db
-      const Scalar inv_tau = Scalar(1) / std::sqrt(Scalar(db_));
-      detail::for_chunks(T, detail::reduction_chunks, [&](index_t, index_t t0, index_t t1) {
-        slot_matrix hn(N, db_);
-        for (index_t t = t0; t < t1; ++t) {
-          const auto Ht = slots(H, t);
-          for (int j = 0; j < N; ++j)
-            ws.rstd(t * N + j) = detail::rms_row_forward(Ht.row(j), params.g.transpose(), hn.row(j));
-          coefficients Pt;
-          detail::small_product_nt<false>(Pt, hn, WT);
-          Pt = (Pt * inv_tau).array().tanh().matrix();
-          Eigen::Map<coefficients>(ws.P.data() + t * N * K) = Pt;
-          const coefficients ab = combine(Pt);
-          mix(ab, Ht, X, C, t);
-        }
-      });
-    } else {
-      const coefficients ab = static_coefficients();
-      detail::for_chunks(T, detail::reduction_chunks, [&](index_t, index_t t0, index_t t1) {
-        for (index_t t = t0; t < t1; ++t) mix(ab, slots(H, t), X, C, t);
-      });
-    }
-  }
+  void forward_width(host_t, matrix_cref<Scalar> H, matrix_ref<Scalar> X, matrix_ref<Scalar> C, workspace& ws) const;
 
   /// Depth connection, forward: `H_out = b Z + C` per token, with `Z` (`T x D`) the backbone output.
   /// `H_out` may be `C` itself (in place); any other overlap is rejected.
   void forward_depth(host_t, matrix_cref<Scalar> Z, matrix_cref<Scalar> C, matrix_ref<Scalar> H_out,
-                     const workspace& ws) const {
-    const std::string where = name() + "::forward_depth";
-    const index_t T = check_saved(where, ws, Z);
-    detail::expect_shape(where, "C", C, T, wide_width());
-    detail::expect_shape(where, "H_out", H_out, T, wide_width());
-    detail::expect_no_alias(where, "H_out", H_out, "Z", Z);
-    const bool in_place = H_out.data() == C.data() && H_out.outerStride() == C.outerStride();
-    if (!in_place) detail::expect_no_alias(where, "H_out", H_out, "C (other than exactly in place)", C);
-    detail::for_chunks(T, detail::reduction_chunks, [&](index_t, index_t t0, index_t t1) {
-      for (index_t t = t0; t < t1; ++t) {
-        const coefficients ab = token_coefficients(ws, t);
-        auto Ho = slots(H_out, t);
-        if (in_place) {
-          detail::small_product<true>(Ho, ab.template rightCols<M>(), segments(Z, t));
-        } else {
-          detail::small_product(Ho, ab.template rightCols<M>(), segments(Z, t));
-          Ho += slots(C, t);
-        }
-      }
-    });
-  }
+                     const workspace& ws) const;
 
   /// Depth connection, backward: from `dH_out` (`T x D'`) and the saved backbone output `Z`, writes `dZ`
   /// (`T x D`) and accumulates the gradient of `beta` (static) or keeps the gradient of each token's `b`
   /// in `ws` for `backward_width` (dynamic). The gradient of `C` equals `dH_out`.
   void backward_depth(host_t, matrix_cref<Scalar> dH_out, matrix_cref<Scalar> Z, matrix_ref<Scalar> dZ,
-                      workspace& ws) {
-    const std::string where = name() + "::backward_depth";
-    const index_t T = check_saved(where, ws, Z);
-    detail::expect_shape(where, "dH_out", dH_out, T, wide_width());
-    detail::expect_shape(where, "dZ", dZ, T, D_);
-    detail::expect_no_alias(where, "dZ", dZ, "dH_out", dH_out);
-    detail::expect_no_alias(where, "dZ", dZ, "Z", Z);
-    const index_t chunks = detail::chunk_count(T);
-    std::vector<fixed_matrix<Scalar, N, M>> partial(static_cast<std::size_t>(chunks),
-                                                    fixed_matrix<Scalar, N, M>::Zero());
-    detail::for_chunks(T, chunks, [&](index_t c, index_t t0, index_t t1) {
-      for (index_t t = t0; t < t1; ++t) {
-        const coefficients ab = token_coefficients(ws, t);
-        const auto dHo = slots(dH_out, t);
-        const auto Zt = segments(Z, t);
-        auto dZt = segments(dZ, t);
-        detail::small_product(dZt, ab.template rightCols<M>().transpose(), dHo);
-        if constexpr (Dynamic) {
-          Eigen::Map<fixed_matrix<Scalar, N, M>> dbt(ws.dB.data() + t * N * M);
-          detail::small_product_nt<false>(dbt, dHo, Zt);
-        } else {
-          detail::small_product_nt<true>(partial[std::size_t(c)], dHo, Zt);
-        }
-      }
-    });
-    if constexpr (!Dynamic)
-      for (const auto& p : partial) grads.beta += p;
-  }
+                      workspace& ws);
 
   /// Width connection, backward: from `dX` (`T x D`) and the total gradient `dC` of the carried state
   /// (`T x D'`, normally `dH_out` of the depth connection plus any other use of C), writes `dH`
   /// (`T x D'`, overwritten) and accumulates every parameter gradient. For DGHC this includes the path
   /// through the coefficients (tanh, projection, RMSNorm) back into `H`.
   void backward_width(host_t, matrix_cref<Scalar> H, matrix_cref<Scalar> dX, matrix_cref<Scalar> dC,
-                      matrix_ref<Scalar> dH, workspace& ws) {
-    const std::string where = name() + "::backward_width";
-    const index_t T = check_saved(where, ws, dX);
-    detail::expect_shape(where, "H", H, T, wide_width());
-    detail::expect_shape(where, "dC", dC, T, wide_width());
-    detail::expect_shape(where, "dH", dH, T, wide_width());
-    detail::expect_no_alias(where, "dH", dH, "H", H);
-    detail::expect_no_alias(where, "dH", dH, "dX", dX);
-    detail::expect_no_alias(where, "dH", dH, "dC", dC);
-    const index_t chunks = detail::chunk_count(T);
-    struct partial_grads {
-      coefficients d_static = coefficients::Zero();  // [dalpha | dbeta]
-      coefficients d_scale = coefficients::Zero();   // [dS_alpha | dS_beta]
-      matrix<Scalar> dWT;                            // (2m+n) x db
-      matrix<Scalar> dg;                             // 1 x db
-    };
-    std::vector<partial_grads> partial(static_cast<std::size_t>(chunks));
-    matrix<Scalar> WT;
-    coefficients scale;
-    if constexpr (Dynamic) {
-      WT = projection_transposed();
-      scale << params.S_alpha, params.S_beta;
-    }
-    const Scalar inv_tau = Scalar(1) / std::sqrt(Scalar(db_));
-    detail::for_chunks(T, chunks, [&](index_t c, index_t t0, index_t t1) {
-      partial_grads& pg = partial[std::size_t(c)];
-      slot_matrix hn, dhn;
-      if constexpr (Dynamic) {
-        pg.dWT.setZero(K, db_);
-        pg.dg.setZero(1, db_);
-        hn.resize(N, db_);
-        dhn.resize(N, db_);
-      }
-      for (index_t t = t0; t < t1; ++t) {
-        const coefficients ab = token_coefficients(ws, t);
-        const auto Ht = slots(H, t);
-        const auto dXt = segments(dX, t);
-        const auto dCt = slots(dC, t);
-        auto dHt = slots(dH, t);
-        // Through the mixing: dH = a [dX; dC], da = H [dX; dC]^T.
-        detail::small_product(dHt, ab.template leftCols<M>(), dXt);
-        detail::small_product<true>(dHt, ab.template middleCols<N>(M), dCt);
-        fixed_matrix<Scalar, N, M + N> da;
-        detail::small_product_nt<false>(da.template leftCols<M>(), Ht, dXt);
-        detail::small_product_nt<false>(da.template rightCols<N>(), Ht, dCt);
-        if constexpr (Dynamic) {
-          coefficients dab;
-          dab << da, Eigen::Map<const fixed_matrix<Scalar, N, M>>(ws.dB.data() + t * N * M);
-          const Eigen::Map<const coefficients> Pt(ws.P.data() + t * N * K);
-          pg.d_static += dab;
-          pg.d_scale += dab.cwiseProduct(Pt);
-          // Through tanh and the 1/tau scale: dQ = dab . S . (1 - P^2) / tau.
-          const coefficients dQ =
-              (dab.array() * scale.array() * (Scalar(1) - Pt.array().square()) * inv_tau).matrix();
-          // Recompute the normalised slots, then dW^T += dQ^T hn and dhn = dQ W^T.
-          for (int j = 0; j < N; ++j) hn.row(j) = Ht.row(j) * ws.rstd(t * N + j);  // u = x r (no g yet)
-          for (int j = 0; j < N; ++j) hn.row(j) = hn.row(j).cwiseProduct(params.g.transpose());
-          pg.dWT.noalias() += dQ.transpose() * hn;
-          detail::small_product(dhn, dQ, WT);
-          for (int j = 0; j < N; ++j)
-            detail::rms_row_backward(Ht.row(j), ws.rstd(t * N + j), params.g.transpose(), dhn.row(j), dHt.row(j),
-                                     pg.dg);
-        } else {
-          pg.d_static.template leftCols<M + N>() += da;
-        }
-      }
-    });
-    for (const partial_grads& pg : partial) {
-      grads.alpha += pg.d_static.template leftCols<M + N>();
-      if constexpr (Dynamic) {
-        grads.beta += pg.d_static.template rightCols<M>();
-        grads.S_alpha += pg.d_scale.template leftCols<M + N>();
-        grads.S_beta += pg.d_scale.template rightCols<M>();
-        grads.W_alpha += pg.dWT.topRows(M + N).transpose();
-        grads.W_beta += pg.dWT.bottomRows(M).transpose();
-        grads.g += pg.dg.transpose();
-      }
-    }
-  }
+                      matrix_ref<Scalar> dH, workspace& ws);
 
   /// The coefficients `[a | b]` (`n x (2m+n)`) the last forward used for token `t` (for inspection/tests).
-  coefficients token_coefficients(const workspace& ws, index_t t) const {
-    if constexpr (Dynamic)
-      return combine(Eigen::Map<const coefficients>(ws.P.data() + t * N * K));
-    else
-      return static_coefficients();
-  }
+  coefficients token_coefficients(const workspace& ws, index_t t) const;
 
  private:
   static constexpr int K = 2 * M + N;
   using slot_matrix = Eigen::Matrix<Scalar, N, Eigen::Dynamic, Eigen::RowMajor>;
   using segment_matrix = Eigen::Matrix<Scalar, M, Eigen::Dynamic, Eigen::RowMajor>;
+
+  detail::ghc_checks checks(const std::string& where) const { return {where, D_, wide_width()}; }
 
   // Token t of a T x (n db) batch as an n x db matrix (and T x (m db) as m x db).
   template <class Ref>
@@ -414,23 +309,17 @@ class basic_ghc : public widths<M, N> {
     return Map(detail::row_ptr(a, t), M, db_);
   }
 
+  // [alpha | beta]
   coefficients static_coefficients() const {
     coefficients ab;
     ab << params.alpha, params.beta;
     return ab;
   }
-
-  // [a | b] = S . P + [alpha | beta]
-  template <class P>
-  coefficients combine(const P& Pt) const {
-    coefficients ab;
-    if constexpr (Dynamic) {
-      ab << params.S_alpha, params.S_beta;
-      ab = ab.cwiseProduct(Pt) + static_coefficients();
-    } else {
-      ab = static_coefficients();
-    }
-    return ab;
+  // [S_alpha | S_beta]
+  coefficients scales() const {
+    coefficients s;
+    if constexpr (Dynamic) s << params.S_alpha, params.S_beta;
+    return s;
   }
 
   // [W_alpha | W_beta]^T, (2m+n) x db.
@@ -444,20 +333,8 @@ class basic_ghc : public widths<M, N> {
   }
 
   // X_t = a[:, :m]^T H_t, C_t = a[:, m:m+n]^T H_t.
-  template <class Ht>
-  void mix(const coefficients& ab, const Ht& H_t, matrix_ref<Scalar>& X, matrix_ref<Scalar>& C, index_t t) const {
-    auto Xt = segments(X, t);
-    auto Ct = slots(C, t);
-    detail::small_product(Xt, ab.template leftCols<M>().transpose(), H_t);
-    detail::small_product(Ct, ab.template middleCols<N>(M).transpose(), H_t);
-  }
-
-  template <class A>
-  index_t check_saved(const std::string& where, const workspace& ws, const A& a) const {
-    if (ws.tokens == 0) detail::fail(where, "workspace", "one filled by forward_width", "an empty workspace");
-    detail::expect_shape(where, "backbone-width argument", a, ws.tokens, D_);
-    return ws.tokens;
-  }
+  void mix(const coefficients& ab, const matrix_cref<Scalar>& H, matrix_ref<Scalar>& X, matrix_ref<Scalar>& C,
+           index_t t) const;
 
   using widths<M, N>::D_;
   using widths<M, N>::db_;
@@ -467,6 +344,239 @@ class basic_ghc : public widths<M, N> {
   using widths<M, N>::block_width;
   using widths<M, N>::wide_width;
 };
+
+template <int M, int N, class Scalar, bool Dynamic>
+void basic_ghc<M, N, Scalar, Dynamic>::forward_width(host_t, matrix_cref<Scalar> H, matrix_ref<Scalar> X, matrix_ref<Scalar> C, workspace& ws) const {
+  const std::string where = name() + "::forward_width";
+  const index_t T = checks(where).forward_width(H, X, C);
+  if constexpr (Dynamic) {
+    ws.rstd.resize(T * N);
+    ws.P.resize(T * N, K);
+    ws.dB.resize(T * N, M);
+  }
+  ws.tokens = T;
+  if constexpr (Dynamic) {
+    const matrix<Scalar> WT = projection_transposed();  // (2m+n) x db
+    const Scalar inv_tau = math::inverse_tau(Scalar(db_));
+    const coefficients scale = scales(), stat = static_coefficients();
+    detail::for_chunks(T, detail::reduction_chunks, [&](index_t, index_t t0, index_t t1) {
+      slot_matrix hn(N, db_);
+      for (index_t t = t0; t < t1; ++t) {
+        const auto Ht = slots(H, t);
+        for (int j = 0; j < N; ++j) {
+          const Scalar r = math::inverse_rms(Ht.row(j).squaredNorm(), Scalar(db_));
+          ws.rstd(t * N + j) = r;
+          math::rms_forward(Ht.row(j).array(), r, params.g.transpose().array(), hn.row(j).array());
+        }
+        coefficients Pt;
+        detail::small_product_nt<false>(Pt, hn, WT);  // Q = Hn W, a reduction over the slot width
+        math::projection(Pt.array(), inv_tau, Pt.array());
+        Eigen::Map<coefficients>(ws.P.data() + t * N * K) = Pt;
+        coefficients ab;
+        math::coefficients(scale.array(), Pt.array(), stat.array(), ab.array());
+        mix(ab, H, X, C, t);
+      }
+    });
+  } else {
+    const coefficients ab = static_coefficients();
+    detail::for_chunks(T, detail::reduction_chunks, [&](index_t, index_t t0, index_t t1) {
+      for (index_t t = t0; t < t1; ++t) mix(ab, H, X, C, t);
+    });
+  }
+}
+
+template <int M, int N, class Scalar, bool Dynamic>
+void basic_ghc<M, N, Scalar, Dynamic>::forward_depth(host_t, matrix_cref<Scalar> Z, matrix_cref<Scalar> C, matrix_ref<Scalar> H_out,
+                     const workspace& ws) const {
+  const std::string where = name() + "::forward_depth";
+  const bool in_place = checks(where).forward_depth(ws.tokens, Z, C, H_out);
+  const index_t T = ws.tokens;
+  detail::for_chunks(T, detail::reduction_chunks, [&](index_t, index_t t0, index_t t1) {
+    detail::row_array<Scalar> acc(db_);  // the sum b Z of one slot, when H_out is C
+    for (index_t t = t0; t < t1; ++t) {
+      const coefficients ab = token_coefficients(ws, t);
+      if constexpr (detail::ghc_uses_gemm<M, N>) {
+        auto Ho = slots(H_out, t);
+        if (in_place) {
+          const slot_matrix bz = ab.template rightCols<M>() * segments(Z, t);
+          Ho += bz;
+        } else {
+          Ho.noalias() = ab.template rightCols<M>() * segments(Z, t);
+          Ho += slots(C, t);
+        }
+      } else {
+        const detail::rows<const Scalar> z{detail::row_ptr(Z, t), db_}, c{detail::row_ptr(C, t), db_};
+        const detail::rows<Scalar> out{detail::row_ptr(H_out, t), db_};
+        const auto b = [&](int j, int k) { return ab(j, M + N + k); };  // b = ab[:, m+n:]
+        for (int j = 0; j < N; ++j) {
+          if (in_place)
+            math::depth_slot<M>(b, j, z, c(j), acc, out(j));
+          else
+            math::depth_slot<M>(b, j, z, c(j), out(j), out(j));
+        }
+      }
+    }
+  });
+}
+
+template <int M, int N, class Scalar, bool Dynamic>
+void basic_ghc<M, N, Scalar, Dynamic>::backward_depth(host_t, matrix_cref<Scalar> dH_out, matrix_cref<Scalar> Z, matrix_ref<Scalar> dZ,
+                      workspace& ws) {
+  const std::string where = name() + "::backward_depth";
+  checks(where).backward_depth(ws.tokens, dH_out, Z, dZ);
+  const index_t T = ws.tokens;
+  const index_t chunks = detail::chunk_count(T);
+  std::vector<fixed_matrix<Scalar, N, M>> partial(static_cast<std::size_t>(chunks),
+                                                  fixed_matrix<Scalar, N, M>::Zero());
+  detail::for_chunks(T, chunks, [&](index_t c, index_t t0, index_t t1) {
+    for (index_t t = t0; t < t1; ++t) {
+      const coefficients ab = token_coefficients(ws, t);
+      const auto dHo = slots(dH_out, t);
+      const auto Zt = segments(Z, t);
+      if constexpr (detail::ghc_uses_gemm<M, N>) {
+        segments(dZ, t).noalias() = ab.template rightCols<M>().transpose() * dHo;
+      } else {
+        const auto b = [&](int j, int k) { return ab(j, M + N + k); };
+        math::depth_backward<M, N>(b, detail::rows<const Scalar>{detail::row_ptr(dH_out, t), db_},
+                                   detail::rows<Scalar>{detail::row_ptr(dZ, t), db_});
+      }
+      // d b = dH_out Z^T, a reduction over the slot width.
+      if constexpr (Dynamic) {
+        Eigen::Map<fixed_matrix<Scalar, N, M>> dbt(ws.dB.data() + t * N * M);
+        detail::small_product_nt<false>(dbt, dHo, Zt);
+      } else {
+        detail::small_product_nt<true>(partial[std::size_t(c)], dHo, Zt);
+      }
+    }
+  });
+  if constexpr (!Dynamic)
+    for (const auto& p : partial) grads.beta += p;
+}
+
+template <int M, int N, class Scalar, bool Dynamic>
+void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar> H, matrix_cref<Scalar> dX, matrix_cref<Scalar> dC,
+                      matrix_ref<Scalar> dH, workspace& ws) {
+  const std::string where = name() + "::backward_width";
+  checks(where).backward_width(ws.tokens, H, dX, dC, dH);
+  const index_t T = ws.tokens;
+  const index_t chunks = detail::chunk_count(T);
+  struct partial_grads {
+    coefficients d_static = coefficients::Zero();  // [dalpha | dbeta]
+    coefficients d_scale = coefficients::Zero();   // [dS_alpha | dS_beta]
+    matrix<Scalar> dWT;                            // (2m+n) x db
+    matrix<Scalar> dg;                             // 1 x db
+  };
+  std::vector<partial_grads> partial(static_cast<std::size_t>(chunks));
+  matrix<Scalar> WT;
+  coefficients scale;
+  if constexpr (Dynamic) {
+    WT = projection_transposed();
+    scale = scales();
+  }
+  const Scalar inv_tau = math::inverse_tau(Scalar(db_));
+  detail::for_chunks(T, chunks, [&](index_t c, index_t t0, index_t t1) {
+    partial_grads& pg = partial[std::size_t(c)];
+    slot_matrix hn, dhn;
+    if constexpr (Dynamic) {
+      pg.dWT.setZero(K, db_);
+      pg.dg.setZero(1, db_);
+      hn.resize(N, db_);
+      dhn.resize(N, db_);
+    }
+    for (index_t t = t0; t < t1; ++t) {
+      const coefficients ab = token_coefficients(ws, t);
+      const auto Ht = slots(H, t);
+      const auto dXt = segments(dX, t);
+      const auto dCt = slots(dC, t);
+      // Through the mixing: dH = a [dX; dC].
+      if constexpr (detail::ghc_uses_gemm<M, N>) {
+        auto dHt = slots(dH, t);
+        dHt.noalias() = ab.template leftCols<M>() * dXt;
+        dHt.noalias() += ab.template middleCols<N>(M) * dCt;
+      } else {
+        const detail::rows<const Scalar> dx{detail::row_ptr(dX, t), db_}, dc{detail::row_ptr(dC, t), db_};
+        const auto dmix = [&](int i) { return i < M ? dx(i) : dc(i - M); };
+        const detail::rows<Scalar> dh{detail::row_ptr(dH, t), db_};
+        for (int j = 0; j < N; ++j) math::mix_width_backward<M, N>(detail::entries<coefficients>{ab}, j, dmix, dh(j));
+      }
+      // d a = H [dX; dC]^T, a reduction over the slot width.
+      fixed_matrix<Scalar, N, M + N> da;
+      detail::small_product_nt<false>(da.template leftCols<M>(), Ht, dXt);
+      detail::small_product_nt<false>(da.template rightCols<N>(), Ht, dCt);
+      if constexpr (Dynamic) {
+        coefficients dab;
+        dab << da, Eigen::Map<const fixed_matrix<Scalar, N, M>>(ws.dB.data() + t * N * M);
+        const Eigen::Map<const coefficients> Pt(ws.P.data() + t * N * K);
+        pg.d_static += dab;
+        pg.d_scale += dab.cwiseProduct(Pt);
+        coefficients dQ;
+        math::projection_backward(dab.array(), scale.array(), Pt.array(), inv_tau, dQ.array());
+        // Recompute the normalised slots, then dW^T += dQ^T hn (a reduction over tokens) and dhn = dQ W^T.
+        for (int j = 0; j < N; ++j)
+          math::rms_forward(Ht.row(j).array(), ws.rstd(t * N + j), params.g.transpose().array(), hn.row(j).array());
+        pg.dWT.noalias() += dQ.transpose() * hn;
+        if constexpr (detail::ghc_uses_gemm<M, N>) {
+          dhn.noalias() = dQ * WT;
+        } else {
+          const detail::rows<const Scalar> w{WT.data(), db_};
+          for (int j = 0; j < N; ++j)
+            math::projection_input_backward<M, N>(detail::entries<coefficients>{dQ}, j, w,
+                                                  detail::row_map<Scalar>(dhn.row(j).data(), db_));
+        }
+        // Through the per-slot RMSNorm: u = x r, dg += dhn u, dH += r (dhn g - u mean(dhn g u)).
+        auto dHt = slots(dH, t);
+        for (int j = 0; j < N; ++j) {
+          const Scalar r = ws.rstd(t * N + j);
+          auto u = hn.row(j);  // hn is free again: it holds u now
+          math::rms_unit(Ht.row(j).array(), r, u.array());
+          pg.dg.row(0) += dhn.row(j).cwiseProduct(u);
+          const Scalar proj = math::mean_of(dhn.row(j).cwiseProduct(params.g.transpose()).dot(u), Scalar(db_));
+          math::rms_backward<true>(dhn.row(j).array() * params.g.transpose().array(), u.array(), proj, r,
+                                   dHt.row(j).array());
+        }
+      } else {
+        pg.d_static.template leftCols<M + N>() += da;
+      }
+    }
+  });
+  for (const partial_grads& pg : partial) {
+    grads.alpha += pg.d_static.template leftCols<M + N>();
+    if constexpr (Dynamic) {
+      grads.beta += pg.d_static.template rightCols<M>();
+      grads.S_alpha += pg.d_scale.template leftCols<M + N>();
+      grads.S_beta += pg.d_scale.template rightCols<M>();
+      grads.W_alpha += pg.dWT.topRows(M + N).transpose();
+      grads.W_beta += pg.dWT.bottomRows(M).transpose();
+      grads.g += pg.dg.transpose();
+    }
+  }
+}
+
+template <int M, int N, class Scalar, bool Dynamic>
+typename basic_ghc<M, N, Scalar, Dynamic>::coefficients basic_ghc<M, N, Scalar, Dynamic>::token_coefficients(const workspace& ws, index_t t) const {
+  if constexpr (Dynamic) {
+    coefficients ab;
+    math::coefficients(scales().array(), Eigen::Map<const coefficients>(ws.P.data() + t * N * K).array(),
+                       static_coefficients().array(), ab.array());
+    return ab;
+  } else {
+    return static_coefficients();
+  }
+}
+
+template <int M, int N, class Scalar, bool Dynamic>
+void basic_ghc<M, N, Scalar, Dynamic>::mix(const coefficients& ab, const matrix_cref<Scalar>& H, matrix_ref<Scalar>& X, matrix_ref<Scalar>& C,
+           index_t t) const {
+  if constexpr (detail::ghc_uses_gemm<M, N>) {
+    const auto Ht = slots(H, t);
+    segments(X, t).noalias() = ab.template leftCols<M>().transpose() * Ht;
+    slots(C, t).noalias() = ab.template middleCols<N>(M).transpose() * Ht;
+  } else {
+    math::mix_width<M, N>(detail::entries<coefficients>{ab}, detail::rows<const Scalar>{detail::row_ptr(H, t), db_},
+                          detail::rows<Scalar>{detail::row_ptr(X, t), db_},
+                          detail::rows<Scalar>{detail::row_ptr(C, t), db_});
+  }
+}
 
 /// Static Generalized Hyper-Connection of shape `(M, N)`: `ghc<2, 3>` widens by 1.5x.
 template <int M, int N, class Scalar = float>
@@ -490,3 +600,15 @@ template <int M, class Scalar = float>
 using dynamic_frac_connection = dghc<M, M, Scalar>;
 
 }  // namespace vwn
+
+// With VWN_EXTERN_COMPILED_SHAPES defined, the compiled shapes are instantiated once, where
+// VWN_INSTANTIATE_SHAPE(m, n, Scalar) is written (<vwn/precompiled.hpp>), not in every translation unit.
+#ifdef VWN_EXTERN_COMPILED_SHAPES
+#define VWN_EXTERN_GHC_(m, n) \
+  extern template class vwn::basic_ghc<m, n, float, false>;  \
+  extern template class vwn::basic_ghc<m, n, float, true>;   \
+  extern template class vwn::basic_ghc<m, n, double, false>; \
+  extern template class vwn::basic_ghc<m, n, double, true>;
+VWN_COMPILED_SHAPES(VWN_EXTERN_GHC_)
+#undef VWN_EXTERN_GHC_
+#endif

@@ -5,14 +5,49 @@
 /// (normalised) last over-width state and `B` the (normalised) over-width embedding of the next token.
 /// Its cost does not grow with `r`.
 
+#include <array>
 #include <string>
 
-#include "config.hpp"
+#include "core/checks.hpp"
+#include "core/config.hpp"
+#include "core/random.hpp"
+#include "core/shape.hpp"
+#include "core/shapes.hpp"
+#include "core/tensors.hpp"
 #include "detail/parallel.hpp"
-#include "random.hpp"
-#include "shape.hpp"
 
 namespace vwn {
+
+/// The parameter tensor of the MTP mixer of shape `(M, N)`: `W_mix` (`db x 2db`), weight decay.
+template <int M, int N>
+constexpr std::array<tensor_spec, 1> mtp_mixer_tensors(index_t D) {
+  return {{{"W_mix", D / M, 2 * (D / M), true}}};
+}
+
+namespace detail {
+
+/// The argument checks of the MTP mixer (over-width `Dw`), shared by both back ends.
+struct mtp_mixer_checks {
+  std::string_view where;
+  index_t Dw;
+  /// `A`, `B` (`T x D'` each, contiguous rows); returns `T`.
+  template <class AV, class BV>
+  index_t inputs(const AV& A, const BV& B) const {
+    const index_t T = expect_tokens(where, "A", A, Dw);
+    expect_shape(where, "B", B, T, Dw);
+    expect_contiguous(where, "A", A);
+    expect_contiguous(where, "B", B);
+    return T;
+  }
+  /// One more `T x D'` argument with contiguous rows.
+  template <class V>
+  void wide(index_t T, std::string_view name, const V& v) const {
+    expect_shape(where, name, v, T, Dw);
+    expect_contiguous(where, name, v);
+  }
+};
+
+}  // namespace detail
 
 /// Block-level MTP mixer of shape `(M, N)`.
 template <int M, int N, class Scalar = float>
@@ -24,10 +59,11 @@ class mtp_mixer : public widths<M, N> {
   /// Parameters: the shared block linear.
   struct parameters {
     matrix<Scalar> W_mix;  ///< `db x 2db` (init N(0, 1/(2db))), weight decay
-    /// Visits `f(name, data, size, weight_decay)`.
+    /// Visits `f(name, data, size, weight_decay)` for the tensor of `mtp_mixer_tensors`.
     template <class F>
     void visit(F&& f) {
-      f("W_mix", W_mix.data(), index_t(W_mix.size()), true);
+      const tensor_spec t = mtp_mixer_tensors<M, N>(M * W_mix.rows())[0];
+      f(t.name, W_mix.data(), t.size(), t.decay);
     }
   };
 
@@ -54,42 +90,13 @@ class mtp_mixer : public widths<M, N> {
   void zero_grad() { grads.W_mix.setZero(db_, 2 * db_); }
 
   /// `U` (`T x D'`) from `A` and `B` (`T x D'` each, rows stored back to back): one GEMM over all `T n` slots.
-  void forward(host_t, matrix_cref<Scalar> A, matrix_cref<Scalar> B, matrix_ref<Scalar> U) const {
-    const std::string where = name() + "::forward";
-    const index_t T = check(where, A, B);
-    detail::expect_shape(where, "U", U, T, wide_width());
-    detail::expect_contiguous(where, "U", U);
-    auto u = slot_rows(U.data(), T);
-    detail::product(u, slot_rows(A.data(), T), params.W_mix.leftCols(db_).transpose());
-    detail::product<true>(u, slot_rows(B.data(), T), params.W_mix.rightCols(db_).transpose());
-  }
+  void forward(host_t, matrix_cref<Scalar> A, matrix_cref<Scalar> B, matrix_ref<Scalar> U) const;
 
   /// `dA`, `dB` (overwritten) from `dU`; accumulates the gradient of `W_mix`.
   void backward(host_t, matrix_cref<Scalar> A, matrix_cref<Scalar> B, matrix_cref<Scalar> dU, matrix_ref<Scalar> dA,
-                matrix_ref<Scalar> dB) {
-    const std::string where = name() + "::backward";
-    const index_t T = check(where, A, B);
-    detail::expect_shape(where, "dU", dU, T, wide_width());
-    detail::expect_contiguous(where, "dU", dU);
-    detail::expect_shape(where, "dA", dA, T, wide_width());
-    detail::expect_shape(where, "dB", dB, T, wide_width());
-    detail::expect_contiguous(where, "dA", dA);
-    detail::expect_contiguous(where, "dB", dB);
-    const auto du = slot_rows(dU.data(), T);
-    detail::product(slot_rows(dA.data(), T), du, params.W_mix.leftCols(db_));
-    detail::product(slot_rows(dB.data(), T), du, params.W_mix.rightCols(db_));
-    detail::product<true>(grads.W_mix.leftCols(db_), du.transpose(), slot_rows(A.data(), T));
-    detail::product<true>(grads.W_mix.rightCols(db_), du.transpose(), slot_rows(B.data(), T));
-  }
+                matrix_ref<Scalar> dB);
 
  private:
-  index_t check(const std::string& where, matrix_cref<Scalar>& A, matrix_cref<Scalar>& B) const {
-    const index_t T = detail::expect_tokens(where, "A", A, wide_width());
-    detail::expect_shape(where, "B", B, T, wide_width());
-    detail::expect_contiguous(where, "A", A);
-    detail::expect_contiguous(where, "B", B);
-    return T;
-  }
   // A T x (n db) batch with contiguous rows viewed as T n slot rows of width db.
   auto slot_rows(const Scalar* p, index_t T) const { return Eigen::Map<const matrix<Scalar>>(p, T * N, db_); }
   auto slot_rows(Scalar* p, index_t T) const { return Eigen::Map<matrix<Scalar>>(p, T * N, db_); }
@@ -103,4 +110,41 @@ class mtp_mixer : public widths<M, N> {
   using widths<M, N>::wide_width;
 };
 
+template <int M, int N, class Scalar>
+void mtp_mixer<M, N, Scalar>::forward(host_t, matrix_cref<Scalar> A, matrix_cref<Scalar> B, matrix_ref<Scalar> U) const {
+  const std::string where = name() + "::forward";
+  const detail::mtp_mixer_checks check{where, wide_width()};
+  const index_t T = check.inputs(A, B);
+  check.wide(T, "U", U);
+  auto u = slot_rows(U.data(), T);
+  detail::product(u, slot_rows(A.data(), T), params.W_mix.leftCols(db_).transpose());
+  detail::product<true>(u, slot_rows(B.data(), T), params.W_mix.rightCols(db_).transpose());
+}
+
+template <int M, int N, class Scalar>
+void mtp_mixer<M, N, Scalar>::backward(host_t, matrix_cref<Scalar> A, matrix_cref<Scalar> B, matrix_cref<Scalar> dU, matrix_ref<Scalar> dA,
+                matrix_ref<Scalar> dB) {
+  const std::string where = name() + "::backward";
+  const detail::mtp_mixer_checks check{where, wide_width()};
+  const index_t T = check.inputs(A, B);
+  check.wide(T, "dU", dU);
+  check.wide(T, "dA", dA);
+  check.wide(T, "dB", dB);
+  const auto du = slot_rows(dU.data(), T);
+  detail::product(slot_rows(dA.data(), T), du, params.W_mix.leftCols(db_));
+  detail::product(slot_rows(dB.data(), T), du, params.W_mix.rightCols(db_));
+  detail::product<true>(grads.W_mix.leftCols(db_), du.transpose(), slot_rows(A.data(), T));
+  detail::product<true>(grads.W_mix.rightCols(db_), du.transpose(), slot_rows(B.data(), T));
+}
+
 }  // namespace vwn
+
+// With VWN_EXTERN_COMPILED_SHAPES defined, the compiled shapes are instantiated once, where
+// VWN_INSTANTIATE_SHAPE(m, n, Scalar) is written (<vwn/precompiled.hpp>), not in every translation unit.
+#ifdef VWN_EXTERN_COMPILED_SHAPES
+#define VWN_EXTERN_MTP_(m, n) \
+  extern template class vwn::mtp_mixer<m, n, float>; \
+  extern template class vwn::mtp_mixer<m, n, double>;
+VWN_COMPILED_SHAPES(VWN_EXTERN_MTP_)
+#undef VWN_EXTERN_MTP_
+#endif

@@ -1,17 +1,22 @@
 #pragma once
 /// \file vwn.hpp
-/// Umbrella header of vwn: Virtual Width Networks primitives and the host (Eigen) back end, the
-/// building blocks and training utilities of the reference transformer, and safetensors I/O.
+/// Umbrella header of vwn: the Virtual Width Networks primitives on the host (Eigen) back end, with the types,
+/// checks, shapes and shared math they are built from. The CUDA back end has its own umbrella,
+/// <vwn/cuda.hpp>; the reference transformer and its programs are the example under examples/.
 
-#include "config.hpp"
-#include "random.hpp"
-#include "shape.hpp"
-#include "ghc.hpp"
+#include "core/checks.hpp"
+#include "core/config.hpp"
+#include "core/host_device.hpp"
+#include "core/random.hpp"
+#include "core/shape.hpp"
+#include "core/shapes.hpp"
+#include "core/tensors.hpp"
+#include <vwn/core/version.hpp>
+#include "math/contract.hpp"
+#include "math/ghc.hpp"
+#include "math/norm.hpp"
 #include "embedding.hpp"
-#include "reduce.hpp"
+#include "ghc.hpp"
 #include "mtp.hpp"
-#include "nn.hpp"
-#include "optim.hpp"
-#include "data.hpp"
-#include "model.hpp"
-#include "safetensors.hpp"
+#include "precompiled.hpp"
+#include "reduce.hpp"

@@ -1,7 +1,9 @@
-// GHC and DGHC on the device, bf16 storage with float accumulation, against the host back end in double
-// on the same bf16-rounded inputs.
-#include "ghc_cases.hpp"
+// GHC and DGHC on the device, bf16 storage: the instantiation of the test bodies every back end shares
+// (tests/primitives/ghc_body.hpp) for vwn_test::device_backend<vwn::cuda::bf16>.
+#include "backend.cuh"
+
+#include <primitives/ghc_body.hpp>
 
 namespace {
-VWN_CUDA_GHC_TESTS(CudaGhcBf16, vwn::cuda::bf16)
+VWN_GHC_TESTS(CudaBf16Ghc, vwn_test::device_backend<vwn::cuda::bf16>)
 }  // namespace

@@ -1,6 +1,9 @@
-// GHC and DGHC on the device, float storage, against the host back end in double.
-#include "ghc_cases.hpp"
+// GHC and DGHC on the device, float storage: the instantiation of the test bodies every back end shares
+// (tests/primitives/ghc_body.hpp) for vwn_test::device_backend<float>.
+#include "backend.cuh"
+
+#include <primitives/ghc_body.hpp>
 
 namespace {
-VWN_CUDA_GHC_TESTS(CudaGhcFloat, float)
+VWN_GHC_TESTS(CudaFloatGhc, vwn_test::device_backend<float>)
 }  // namespace

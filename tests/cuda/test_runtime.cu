@@ -1,9 +1,13 @@
-// The device runtime layer: errors, policy, buffers and views. The first tests need no GPU.
-#include "cuda_test_common.hpp"
+// The device runtime layer (errors, policy, buffers, views) and what only the device back end has (the atomic
+// scatter of the embedding gradients). The first tests need no GPU.
+#include "backend.cuh"
+
+#include <primitives/modules_body.hpp>
 
 namespace {
 
-using namespace vwn_cuda_test;
+using vwn::index_t;
+using vwn::cuda::bf16;
 
 TEST(CudaRuntime, ErrorsCarryFileLineCallAndTheLibraryString) {
   try {
@@ -44,31 +48,36 @@ TEST(CudaRuntime, ViewsMirrorTheHostRefs) {
   EXPECT_EQ(v.middle_cols(1, 2).outerStride(), 4);
 }
 
-class CudaRuntimeDevice : public DeviceTest {};
+class CudaRuntimeDevice : public vwn_test::backend_test<vwn_test::device_backend<float>> {};
 
 TEST_F(CudaRuntimeDevice, RoundTripAndPoison) {
+  using bf = vwn_test::device_backend<bf16>;
   std::mt19937_64 gen(vwn_test::fresh_seed());
-  const vwn::matrix<double> h = random_input<bf16>(5, 7, gen);
-  const auto d = to_device<bf16>(h);
-  EXPECT_TRUE(vwn_test::close(to_host(d), h, 0, 0));
-  auto p = poisoned<float>(3, 3);
-  const vwn::matrix<double> back = to_host(p);
+  vwn::matrix<double> h = vwn_test::randn<double>(5, 7, gen);
+  for (index_t i = 0; i < h.size(); ++i) h.data()[i] = bf::round(h.data()[i]);
+  EXPECT_TRUE(vwn_test::close(bf::download(bf::upload(h)), h, 0, 0));
+  const vwn::matrix<double> back =
+      vwn_test::device_backend<float>::download(vwn_test::device_backend<float>::poisoned(3, 3));
   EXPECT_TRUE(back.array().isNaN().all());
 }
 
-TEST_F(CudaRuntimeDevice, ArgumentChecksThrowBeforeLaunching) {
-  vwn::cuda::dghc<2, 3> layer(8);  // db = 4, D' = 12
-  vwn::cuda::device_matrix<float> H(5, 12), X(4, 8), C(5, 12);
-  vwn::cuda::dghc<2, 3>::workspace ws;
-  try {
-    layer.forward_width(vwn::cuda::device, H, X, C, ws);
-    FAIL() << "no exception";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("X shape: expected 5x8, got 4x8"), std::string::npos) << e.what();
+// The atomic scatter of a table gradient (device only) sums the same rows as the deterministic one, in another
+// order: float sums of at most T = 37 values per entry, within the gradient tolerance; absent rows stay exactly 0.
+TEST_F(CudaRuntimeDevice, AtomicScatterMatchesTheDeterministicOne) {
+  using be = vwn_test::device_backend<float>;
+  std::mt19937_64 gen(vwn_test::fresh_seed());
+  const index_t V = 11, T = 37, D = 2 * 45;
+  vwn::cuda::overwidth_embedding<2, 3, float> emb(V, D, 5);
+  const auto tok = vwn_test::random_tokens(T, V, gen);
+  const auto dH0 = be::upload(vwn_test::randn<double>(T, emb.wide_width(), gen));
+  vwn::matrix<double> by_mode[2];
+  for (const auto mode : {vwn::cuda::scatter::deterministic, vwn::cuda::scatter::atomic}) {
+    emb.zero_grad();
+    emb.backward(vwn::cuda::device, tok, dH0, mode);
+    vwn::cuda::download<float>(vwn::cuda::device, emb.dE, by_mode[int(mode)]);
   }
-  vwn::cuda::device_matrix<float> Z(5, 8), Ho(5, 12);
-  EXPECT_THROW(layer.forward_depth(vwn::cuda::device, Z, C, Ho, ws), std::invalid_argument);  // empty workspace
-  EXPECT_THROW((vwn::cuda::ghc<2, 3>(7)), std::invalid_argument);  // D % m != 0
+  EXPECT_TRUE(vwn_test::near(by_mode[1], by_mode[0], be::gradient_tolerance));
+  EXPECT_TRUE(((by_mode[1].array() == 0) == (by_mode[0].array() == 0)).all());
 }
 
 }  // namespace

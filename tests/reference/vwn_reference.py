@@ -5,7 +5,9 @@ Generates the golden files under tests/data/ that the C++ tests compare against:
 forward values of the (dynamic) generalized hyper-connection, the over-width embeddings, the
 GroupNorm + reduce head and the MTP block-level mixer, and their gradients. Everything is float64,
 and every gradient comes from torch.autograd, so the files are independent of the hand-written C++
-backward passes. Generation is seeded: running the script again rewrites identical bytes.
+backward passes. Generation is seeded: running the script again with the same PyTorch and BLAS rewrites
+identical bytes (another BLAS changes the last bits, about 1e-14 relative). With --missing it writes only
+the files of shapes added to vwn::compiled_shapes since, leaving the others as they are.
 
 How to run (Debian's PyTorch, CPU only; not a virtualenv / pyenv interpreter):
 
@@ -13,7 +15,8 @@ How to run (Debian's PyTorch, CPU only; not a virtualenv / pyenv interpreter):
     /usr/bin/python3 tests/reference/vwn_reference.py            # writes tests/data/*.safetensors
     /usr/bin/python3 tests/reference/vwn_reference.py --out DIR  # somewhere else
 
-Files (T = 5 tokens, db = 6, except db = 4 for (m, n) = (8, 64); D = m db, D' = n db):
+Files, for every shape (m, n) of vwn::compiled_shapes (read from include/vwn/core/shapes.hpp)
+(T = 5 tokens, db = 6, except db = 4 for (m, n) = (8, 64); D = m db, D' = n db):
     ghc_m{m}_n{n}.safetensors        prefixes "static." and "dynamic."
     embedding_m{m}_n{n}.safetensors  prefixes "direct." and "lowrank.", plus "tokens" (I64)
     reduce_m{m}_n{n}.safetensors     only for n != m; GroupNorm only when n % m == 0
@@ -35,7 +38,17 @@ import sys
 import torch
 import torch.nn.functional as F
 
-CONFIGS = [(1, 1), (1, 4), (2, 2), (2, 3), (4, 8), (8, 64)]
+def compiled_shapes():
+    """The shapes (m, n) of VWN_COMPILED_SHAPES, read from their one definition in include/vwn/core/shapes.hpp."""
+    import re
+    header = pathlib.Path(__file__).resolve().parents[2] / "include" / "vwn" / "core" / "shapes.hpp"
+    line = re.search(r"^#define VWN_COMPILED_SHAPES\(X\)(.*)$", header.read_text(), re.MULTILINE)
+    if not line:
+        raise SystemExit(f"{header}: no VWN_COMPILED_SHAPES line found")
+    return [(int(m), int(n)) for m, n in re.findall(r"X\((\d+),\s*(\d+)\)", line.group(1))]
+
+
+CONFIGS = compiled_shapes()
 T = 5              # tokens per batch (odd on purpose)
 T_EMBED = 7        # tokens for the embedding files
 VOCAB = 11         # vocabulary size for the embedding files
@@ -362,6 +375,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_out = pathlib.Path(__file__).resolve().parent.parent / "data"
     parser.add_argument("--out", type=pathlib.Path, default=default_out, help=f"output directory (default {default_out})")
+    parser.add_argument("--missing", action="store_true",
+                        help="write only the files that do not exist yet (e.g. for a shape added to compiled_shapes)")
     args = parser.parse_args()
     assert sys.byteorder == "little"
 
@@ -379,9 +394,11 @@ def main():
         if n != m:
             jobs.insert(2, ("reduce", reduce_file))
         for kind, make in jobs:
+            path = args.out / f"{kind}_m{m}_n{n}.safetensors"
+            if args.missing and path.exists():
+                continue
             torch.manual_seed(seed_for(kind, m, n))
             tensors, meta = make(m, n, db)
-            path = args.out / f"{kind}_m{m}_n{n}.safetensors"
             size = write_safetensors(path, tensors, meta)
             total += size
             back, back_meta = read_safetensors(path)

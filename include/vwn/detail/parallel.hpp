@@ -1,6 +1,6 @@
 #pragma once
-// Coarse-grained parallel loops and products for the host code of the reference transformer (nn.hpp,
-// model.hpp, optim.hpp) and of the primitives' products (reduce.hpp, mtp.hpp, embedding.hpp).
+// Coarse-grained parallel loops and products of the host back end (ghc.hpp, embedding.hpp, reduce.hpp,
+// mtp.hpp), also used by the reference transformer's host code (examples/transformer/).
 //
 // Every loop here is split into a fixed set of tasks that does not depend on the thread count, each task
 // writes only its own outputs, and the tasks are handed out dynamically: results are the same for any number
@@ -15,10 +15,44 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 
-#include "../config.hpp"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../core/config.hpp"
 
 namespace vwn::detail {
+
+/// Fixed number of work chunks over tokens. Each chunk reduces its own partial parameter gradients,
+/// and the partials are added in chunk order, so results do not depend on the thread count.
+inline constexpr index_t reduction_chunks = 32;
+
+/// Below this many items a loop runs on the calling thread: waking a team for a handful of tokens costs
+/// more than it saves, and much more when the cores are shared.
+inline constexpr index_t parallel_threshold = 64;
+
+/// Calls `f(chunk, begin, end)` for `chunks` contiguous ranges covering [0, count), in parallel under OpenMP
+/// when `count >= parallel_threshold`, the chunks handed out one at a time (a thread the OS deschedules holds
+/// up one chunk, not a fixed half of them). The chunking does not depend on the thread count.
+template <class F>
+void for_chunks(index_t count, index_t chunks, F&& f) {
+  chunks = std::max<index_t>(1, std::min(chunks, count));
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (count >= parallel_threshold && !omp_in_parallel())
+#endif
+  for (index_t c = 0; c < chunks; ++c) f(c, count * c / chunks, count * (c + 1) / chunks);
+}
+
+/// Number of chunks `for_chunks(count, reduction_chunks, ...)` uses.
+inline index_t chunk_count(index_t count) { return std::max<index_t>(1, std::min(reduction_chunks, count)); }
+
+/// Pointer to row `r` of a row-major matrix or view.
+template <class M>
+auto row_ptr(M& m, index_t r) {
+  return m.data() + r * m.outerStride();
+}
 
 /// Calls `f(task)` for every task in [0, count), in parallel under OpenMP (dynamic schedule) when `parallel`,
 /// `count >= 2` and not already inside a parallel region; otherwise in order on the calling thread.
@@ -56,20 +90,81 @@ inline index_t product_panels(index_t rows) {
   return p - p % 2;
 }
 
-/// `dst = lhs * rhs` (or `dst += lhs * rhs` with `Accumulate`), computed as row panels of `dst` in parallel.
-/// `dst` must not alias `lhs` or `rhs`. The panels depend only on the shape, so the result does not depend
-/// on the thread count.
+/// `dst = op(lhs) * op(rhs)` (or `dst += ...` with `Accumulate`), `op` the transpose where `TransposeLhs` /
+/// `TransposeRhs`, computed as row panels of `dst` in parallel: every product of a batch by a weight in vwn's host
+/// code. `dst` must not alias `lhs` or `rhs`. The panels depend only on the shape, so the result does not depend
+/// on the thread count. One function per scalar type and transposition, whatever the calling module's shape: a
+/// project may compile these once (see `VWN_EXTERN_HOST_GEMM`).
+template <class Scalar, bool Accumulate, bool TransposeLhs, bool TransposeRhs>
+void gemm(matrix_ref<Scalar> dst, matrix_cref<Scalar> lhs, matrix_cref<Scalar> rhs) {
+  const index_t rows = dst.rows();
+  const auto run = [&](const auto& l, const auto& r) {
+    for_ranges(rows, product_panels(rows), [&](index_t r0, index_t r1) {
+      auto d = dst.middleRows(r0, r1 - r0);
+      if constexpr (Accumulate)
+        d.noalias() += l.middleRows(r0, r1 - r0) * r;
+      else
+        d.noalias() = l.middleRows(r0, r1 - r0) * r;
+    });
+  };
+  if constexpr (TransposeLhs && TransposeRhs)
+    run(lhs.transpose(), rhs.transpose());
+  else if constexpr (TransposeLhs)
+    run(lhs.transpose(), rhs);
+  else if constexpr (TransposeRhs)
+    run(lhs, rhs.transpose());
+  else
+    run(lhs, rhs);
+}
+
+template <class E>
+struct is_transpose : std::false_type {};
+template <class E>
+struct is_transpose<Eigen::Transpose<E>> : std::true_type {};
+
+template <class E>
+const auto& untransposed(const E& e) {
+  if constexpr (is_transpose<E>::value)
+    return e.nestedExpression();
+  else
+    return e;
+}
+
+/// `dst = lhs * rhs` (or `dst += lhs * rhs` with `Accumulate`) through `gemm`: `lhs` and `rhs` are row-major
+/// matrices, blocks or maps, or their `.transpose()`.
 template <bool Accumulate = false, class Dst, class Lhs, class Rhs>
 void product(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
-  const index_t rows = dst.rows();
-  for_ranges(rows, product_panels(rows), [&](index_t r0, index_t r1) {
-    auto d = dst.middleRows(r0, r1 - r0);
-    if constexpr (Accumulate)
-      d.noalias() += lhs.middleRows(r0, r1 - r0) * rhs;
-    else
-      d.noalias() = lhs.middleRows(r0, r1 - r0) * rhs;
-  });
+  using Scalar = typename std::remove_reference_t<Dst>::Scalar;
+  gemm<Scalar, Accumulate, is_transpose<Lhs>::value, is_transpose<Rhs>::value>(dst, untransposed(lhs),
+                                                                                untransposed(rhs));
 }
+
+/// The `gemm` variants vwn's host code uses: `X(Scalar, Accumulate, TransposeLhs, TransposeRhs)`.
+#define VWN_HOST_GEMM_VARIANTS(X, Scalar) \
+  X(Scalar, false, false, false)          \
+  X(Scalar, false, false, true)           \
+  X(Scalar, true, false, true)            \
+  X(Scalar, true, true, false)
+
+#define VWN_HOST_GEMM_SIGNATURE(S, A, TL, TR) \
+  void gemm<S, A, TL, TR>(matrix_ref<S>, matrix_cref<S>, matrix_cref<S>);
+#define VWN_HOST_GEMM_EXTERN(S, A, TL, TR) extern template VWN_HOST_GEMM_SIGNATURE(S, A, TL, TR)
+#define VWN_HOST_GEMM_DEFINE(S, A, TL, TR) template VWN_HOST_GEMM_SIGNATURE(S, A, TL, TR)
+
+/// Explicit instantiation of every `gemm` variant for `Scalar`: write `VWN_INSTANTIATE_HOST_GEMM(float)` at global
+/// scope in one source file of a project that defines `VWN_EXTERN_HOST_GEMM` in all of its translation units.
+#define VWN_INSTANTIATE_HOST_GEMM(Scalar) \
+  namespace vwn::detail {                 \
+  VWN_HOST_GEMM_VARIANTS(VWN_HOST_GEMM_DEFINE, Scalar)  \
+  }
+
+// With VWN_EXTERN_HOST_GEMM defined, the products are compiled once, in the file that instantiates them, instead
+// of in every translation unit that uses a primitive: the blocked Eigen GEMM kernels behind them cost several
+// seconds of compile time per translation unit, the same code whatever the module and its (m, n).
+#ifdef VWN_EXTERN_HOST_GEMM
+VWN_HOST_GEMM_VARIANTS(VWN_HOST_GEMM_EXTERN, float)
+VWN_HOST_GEMM_VARIANTS(VWN_HOST_GEMM_EXTERN, double)
+#endif
 
 /// Sets Eigen's own thread count to 1 while it lives (every product of the model is either split by
 /// `product` or runs inside a parallel loop), and restores the previous setting.

@@ -47,6 +47,18 @@ __device__ __forceinline__ void load_tile(float* tile, const S* src, int rows, i
   }
 }
 
+// The `N x chunk` tile of the normalised slots `Hn_j = H_j r_j g` of one token (math::rms_forward), zero beyond db.
+template <int N, class S>
+__device__ __forceinline__ void load_normalised_tile(float* tile, const S* src, const float* r, const float* g, int db,
+                                                     int d0, int cols, int tid) {
+  for (int e = tid; e < N * chunk; e += block_threads) {
+    const int j = e / chunk, c = e % chunk;
+    float v = 0.f;
+    if (c < cols) vwn::math::rms_forward(to_float(src[j * db + d0 + c]), r[j], g[d0 + c], v);
+    tile[j * tile_ld + c] = v;
+  }
+}
+
 // The `(m+n) x chunk` tile of [dX; dC] of one token.
 template <int M, int N, class S>
 __device__ __forceinline__ void load_mix_tile(float* tile, const S* dXt, const S* dCt, int db, int d0, int cols,
@@ -55,61 +67,48 @@ __device__ __forceinline__ void load_mix_tile(float* tile, const S* dXt, const S
   load_tile(tile + M * tile_ld, dCt, N, db, d0, cols, tid);
 }
 
-// The `(2m+n) x chunk` tile of [W_alpha | W_beta]^T, each column scaled by g when `scaled` (zero beyond db).
+// The `(2m+n) x chunk` tile of [W_alpha | W_beta]^T (zero beyond db).
 template <int M, int N>
-__device__ __forceinline__ void load_projection_tile(float* tile, const ghc_param_ptrs& p, bool scaled, int d0,
-                                                     int cols, int tid) {
+__device__ __forceinline__ void load_projection_tile(float* tile, const ghc_param_ptrs& p, int d0, int cols, int tid) {
   constexpr int K = 2 * M + N;
   for (int e = tid; e < K * chunk; e += block_threads) {
     const int c = e / K, k = e % K, d = d0 + c;  // k fastest: consecutive threads read a row of W
     float w = 0.f;
-    if (c < cols) {
-      w = k < M + N ? p.W_alpha[d * (M + N) + k] : p.W_beta[d * M + (k - M - N)];
-      if (scaled) w *= p.g[d];
-    }
+    if (c < cols) w = k < M + N ? p.W_alpha[d * (M + N) + k] : p.W_beta[d * M + (k - M - N)];
     tile[k * tile_ld + c] = w;
   }
 }
 
-// Coefficients of `rows x cols` read as coef[j * ld + i]: in registers when small, else from shared memory.
-template <int Rows, int Cols>
-struct small_coefficients {
-  static constexpr bool in_registers = Rows * Cols <= 96;
-  float r[in_registers ? Rows * Cols : 1];
-  const float* s;
-  int ld;
-  __device__ __forceinline__ small_coefficients(const float* coef, int ld_) : s(coef), ld(ld_) {
-    if constexpr (in_registers) {
-#pragma unroll
-      for (int o = 0; o < Rows * Cols; ++o) r[o] = coef[(o / Cols) * ld_ + o % Cols];
+// Per-slot inverse RMS of one token (math::inverse_rms), a warp per slot, into r[0 .. N).
+template <int N, class S>
+__device__ __forceinline__ void slot_inverse_rms(const S* Ht, int db, float* r, int tid) {
+  constexpr int warps = block_threads / 32;
+  const int lane = tid & 31, warp = tid >> 5;
+  for (int j = warp; j < N; j += warps) {  // uniform over the warp
+    float s = 0.f;
+    for (int d = lane; d < db; d += 32) {
+      const float x = to_float(Ht[j * db + d]);
+      s = fmaf(x, x, s);
     }
+    s = warp_sum(s);
+    if (lane == 0) r[j] = vwn::math::inverse_rms(s, float(db));
   }
-  __device__ __forceinline__ float operator()(int j, int i) const {
-    if constexpr (in_registers)
-      return r[j * Cols + i];
-    else
-      return s[j * ld + i];
-  }
-};
+}
 
-// Width mixing of one token: X[i] = sum_j a[j][i] H[j] (i < m), C[i] = sum_j a[j][m+i] H[j]; a[j][i] = coef[j*ld+i].
+// Width mixing of one token (math::mix_row for every row and column): X = mix[0:m], C = mix[m:m+n], with
+// mix = a^T H and a(j, i) = coef[j * ld + i].
 template <int M, int N, class S>
 __device__ __forceinline__ void mix_token(const S* Ht, S* Xt, S* Ct, const float* coef, int ld, int db, int tid) {
-  constexpr int R = M + N;
-  const small_coefficients<N, R> a(coef, ld);
+  const coefficient_block a{coef, ld};
   for (int d = tid; d < db; d += block_threads) {
     float h[N];
 #pragma unroll
     for (int j = 0; j < N; ++j) h[j] = to_float(Ht[j * db + d]);
-#pragma unroll(a.in_registers ? R : 1)
-    for (int i = 0; i < R; ++i) {
-      float s = 0.f;
-#pragma unroll
-      for (int j = 0; j < N; ++j) s = fmaf(a(j, i), h[j], s);
-      if (i < M)
-        Xt[i * db + d] = from_float<S>(s);
-      else
-        Ct[(i - M) * db + d] = from_float<S>(s);
+    const auto slot = [&](int j) { return h[j]; };
+    for (int i = 0; i < M + N; ++i) {
+      float s;
+      vwn::math::mix_row<N>(a, i, slot, s);
+      (i < M ? Xt + i * db : Ct + (i - M) * db)[d] = from_float<S>(s);
     }
   }
 }
@@ -121,8 +120,8 @@ struct dghc_forward_width_smem {
   static constexpr std::size_t bytes = floats * sizeof(float);
 };
 
-// Dynamic width connection, one kernel: per token, per-slot sum of squares and the projection H (g . W)
-// over shared-memory tiles; then rstd, P = tanh(rstd Q / sqrt(db)), [a | b] = S . P + [alpha | beta]; then
+// Dynamic width connection, one kernel: per token, the per-slot inverse RMS, the projection Q = Hn W over
+// shared-memory tiles of the normalised slots, P = tanh(Q / sqrt(db)), [a | b] = S . P + [alpha | beta], then
 // the mixing. Saves rstd (T n) and P (T n x (2m+n)).
 template <int M, int N, class S>
 __global__ void __launch_bounds__(block_threads)
@@ -130,54 +129,40 @@ __global__ void __launch_bounds__(block_threads)
                               S* __restrict__ C, index_t ldC, ghc_param_ptrs p, int db, index_t T,
                               float* __restrict__ rstd, float* __restrict__ P) {
   constexpr int K = 2 * M + N, NK = N * K;
-  constexpr int warps = block_threads / 32, slots_per_warp = (N + warps - 1) / warps;
   using dot = tile_dot<N, K>;
   extern __shared__ float smem[];
-  float* Hs = smem;                 // N x chunk
-  float* Ws = Hs + N * tile_ld;     // K x chunk, g . W^T
+  float* Hs = smem;                 // N x chunk of Hn
+  float* Ws = Hs + N * tile_ld;     // K x chunk of W^T
   float* red = Ws + K * tile_ld;    // dot scratch; then Q; then [a | b]
-  float* ss = red + dot::scratch;   // N sums of squares
-  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const float inv_db = 1.f / float(db), inv_tau = 1.f / sqrtf(float(db));
+  float* rs = red + dot::scratch;   // N inverse RMS
+  const int tid = int(threadIdx.x);
+  const float inv_tau = vwn::math::inverse_tau(float(db));
   for (index_t t = blockIdx.x; t < T; t += gridDim.x) {
     const S* Ht = H + t * ldH;
+    slot_inverse_rms<N>(Ht, db, rs, tid);
+    __syncthreads();
     dot acc(tid);
-    float sq[slots_per_warp];
-#pragma unroll
-    for (int i = 0; i < slots_per_warp; ++i) sq[i] = 0.f;
     for (int d0 = 0; d0 < db; d0 += chunk) {
       const int cols = min(chunk, db - d0);
-      load_tile(Hs, Ht, N, db, d0, cols, tid);
-      load_projection_tile<M, N>(Ws, p, true, d0, cols, tid);
+      load_normalised_tile<N>(Hs, Ht, rs, p.g, db, d0, cols, tid);
+      load_projection_tile<M, N>(Ws, p, d0, cols, tid);
       __syncthreads();
       acc.add(Hs, Ws, cols);
-#pragma unroll
-      for (int i = 0; i < slots_per_warp; ++i) {
-        const int j = warp + i * warps;
-        if (j < N) sq[i] = fmaf(Hs[j * tile_ld + lane], Hs[j * tile_ld + lane], sq[i]);
-      }
       __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < slots_per_warp; ++i) {
-      const int j = warp + i * warps;  // uniform over the warp
-      if (j < N) {
-        const float s = warp_sum(sq[i]);
-        if (lane == 0) ss[j] = s;
-      }
-    }
-    acc.reduce(red, tid);  // synchronises: ss is visible below
+    acc.reduce(red, tid);  // synchronises
     for (int o = tid; o < NK; o += block_threads) {
       const int j = o / K, k = o % K;
-      const float r = 1.f / sqrtf(ss[j] * inv_db + float(norm_eps));
-      const float pk = tanhf(red[o] * r * inv_tau);
+      float pk;
+      vwn::math::projection(red[o], inv_tau, pk);
       P[t * NK + o] = pk;
-      if (k == 0) rstd[t * N + j] = r;
-      red[o] = fmaf(pair_entry<M, N>(p.S_alpha, p.S_beta, j, k), pk, pair_entry<M, N>(p.alpha, p.beta, j, k));
+      if (k == 0) rstd[t * N + j] = rs[j];
+      vwn::math::coefficients(pair_entry<M, N>(p.S_alpha, p.S_beta, j, k), pk, pair_entry<M, N>(p.alpha, p.beta, j, k),
+                              red[o]);
     }
     __syncthreads();
     mix_token<M, N>(Ht, X + t * ldX, C + t * ldC, red, K, db, tid);
-    __syncthreads();  // red is rewritten by the next token
+    __syncthreads();  // red and rs are rewritten by the next token
   }
 }
 
@@ -193,26 +178,37 @@ __global__ void __launch_bounds__(block_threads)
   for (index_t t = blockIdx.x; t < T; t += gridDim.x) mix_token<M, N>(H + t * ldH, X + t * ldX, C + t * ldC, a, M + N, db, tid);
 }
 
-// Depth connection, one kernel: H_out = b Z + C (b = beta, or S_beta . P[:, m+n:] + beta per token).
+// b of one token into shared memory: beta (static), or S_beta . P[:, m+n:] + beta (math::coefficients).
+template <int M, int N, bool Dynamic>
+__device__ __forceinline__ void load_depth_coefficients(float* b, const ghc_param_ptrs& p, const float* Pt, int tid) {
+  constexpr int K = 2 * M + N;
+  for (int o = tid; o < N * M; o += block_threads) {
+    if constexpr (Dynamic)
+      vwn::math::coefficients(p.S_beta[o], Pt[(o / M) * K + (M + N) + o % M], p.beta[o], b[o]);
+    else
+      b[o] = p.beta[o];
+  }
+}
+
+// Depth connection, one kernel: H_out = b Z + C per slot (math::depth_slot).
 // H_out may be C itself: each element is read and then written by the same thread.
 template <int M, int N, class S, bool Dynamic>
 __global__ void __launch_bounds__(block_threads)
     ghc_forward_depth_kernel(const S* __restrict__ Z, index_t ldZ, const S* C, index_t ldC, S* Hout, index_t ldO,
                              ghc_param_ptrs p, const float* __restrict__ P, int db, index_t T) {
-  constexpr int K = 2 * M + N, NM = N * M;
-  __shared__ float b[NM];
+  constexpr int K = 2 * M + N;
+  __shared__ float b[N * M];
   const int tid = int(threadIdx.x);
+  const coefficient_block bc{b, M};
   if constexpr (!Dynamic) {
-    for (int o = tid; o < NM; o += block_threads) b[o] = p.beta[o];
+    load_depth_coefficients<M, N, false>(b, p, nullptr, tid);
     __syncthreads();
   }
   for (index_t t = blockIdx.x; t < T; t += gridDim.x) {
     if constexpr (Dynamic) {
-      for (int o = tid; o < NM; o += block_threads)
-        b[o] = fmaf(p.S_beta[o], P[t * N * K + (o / M) * K + (M + N) + o % M], p.beta[o]);
+      load_depth_coefficients<M, N, true>(b, p, P + t * N * K, tid);
       __syncthreads();
     }
-    const small_coefficients<N, M> bc(b, M);
     const S* Zt = Z + t * ldZ;
     const S* Ct = C + t * ldC;
     S* Ot = Hout + t * ldO;
@@ -220,12 +216,11 @@ __global__ void __launch_bounds__(block_threads)
       float z[M];
 #pragma unroll
       for (int k = 0; k < M; ++k) z[k] = to_float(Zt[k * db + d]);
-#pragma unroll(bc.in_registers ? N : 1)
+      const auto segment = [&](int k) { return z[k]; };
       for (int j = 0; j < N; ++j) {
-        float s = to_float(Ct[j * db + d]);
-#pragma unroll
-        for (int k = 0; k < M; ++k) s = fmaf(bc(j, k), z[k], s);
-        Ot[j * db + d] = from_float<S>(s);
+        float acc, out;
+        vwn::math::depth_slot<M>(bc, j, segment, to_float(Ct[j * db + d]), acc, out);
+        Ot[j * db + d] = from_float<S>(out);
       }
     }
     if constexpr (Dynamic) __syncthreads();  // b is rewritten by the next token
@@ -238,8 +233,8 @@ struct ghc_backward_depth_smem {
   static constexpr std::size_t bytes = floats * sizeof(float);
 };
 
-// Depth connection, backward: dZ = b^T dH_out and the per-token d b = dH_out Z^T (saved for the dynamic
-// backward, or summed into per-block partials of d beta for the static one).
+// Depth connection, backward: dZ = b^T dH_out (math::depth_backward_segment) and the per-token d b = dH_out Z^T
+// (saved for the dynamic backward, or summed into per-block partials of d beta for the static one).
 template <int M, int N, class S, bool Dynamic>
 __global__ void __launch_bounds__(block_threads)
     ghc_backward_depth_kernel(const S* __restrict__ G, index_t ldG, const S* __restrict__ Z, index_t ldZ,
@@ -253,16 +248,14 @@ __global__ void __launch_bounds__(block_threads)
   float* red = Zs + M * tile_ld;  // dot scratch
   float* b = red + dot::scratch;  // N x M
   const int tid = int(threadIdx.x);
+  const coefficient_block bc{b, M};
   block_partial<NM> dbeta;
   if constexpr (!Dynamic) {
-    for (int o = tid; o < NM; o += block_threads) b[o] = p.beta[o];
+    load_depth_coefficients<M, N, false>(b, p, nullptr, tid);
     __syncthreads();
   }
   for (index_t t = blockIdx.x; t < T; t += gridDim.x) {
-    if constexpr (Dynamic) {
-      for (int o = tid; o < NM; o += block_threads)
-        b[o] = fmaf(p.S_beta[o], P[t * N * K + (o / M) * K + (M + N) + o % M], p.beta[o]);
-    }
+    if constexpr (Dynamic) load_depth_coefficients<M, N, true>(b, p, P + t * N * K, tid);
     dot acc(tid);
     for (int d0 = 0; d0 < db; d0 += chunk) {
       const int cols = min(chunk, db - d0);
@@ -273,8 +266,8 @@ __global__ void __launch_bounds__(block_threads)
       for (int e = tid; e < M * chunk; e += block_threads) {
         const int k = e / chunk, c = e % chunk;
         if (c < cols) {
-          float s = 0.f;
-          for (int j = 0; j < N; ++j) s = fmaf(b[j * M + k], Gs[j * tile_ld + c], s);
+          float s;
+          vwn::math::depth_backward_segment<N>(bc, k, tile_column{Gs, c}, s);
           dZ[t * ldDZ + k * db + d0 + c] = from_float<S>(s);
         }
       }
@@ -297,7 +290,8 @@ struct ghc_backward_width_smem {
   static constexpr std::size_t bytes = floats * sizeof(float);
 };
 
-// Static width connection, backward: dH = alpha [dX; dC] and per-block partials of d alpha = H [dX; dC]^T.
+// Static width connection, backward: dH = alpha [dX; dC] (math::mix_width_backward) and per-block partials of
+// d alpha = H [dX; dC]^T.
 template <int M, int N, class S>
 __global__ void __launch_bounds__(block_threads)
     ghc_backward_width_kernel(const S* __restrict__ H, index_t ldH, const S* __restrict__ dX, index_t ldX,
@@ -313,6 +307,7 @@ __global__ void __launch_bounds__(block_threads)
   const int tid = int(threadIdx.x);
   for (int o = tid; o < NR; o += block_threads) a[o] = alpha[o];
   __syncthreads();
+  const coefficient_block ac{a, R};
   block_partial<NR> dalpha;
   for (index_t t = blockIdx.x; t < T; t += gridDim.x) {
     dot acc(tid);
@@ -325,8 +320,8 @@ __global__ void __launch_bounds__(block_threads)
       for (int e = tid; e < N * chunk; e += block_threads) {
         const int j = e / chunk, c = e % chunk;
         if (c < cols) {
-          float s = 0.f;
-          for (int i = 0; i < R; ++i) s = fmaf(a[j * R + i], Gs[i * tile_ld + c], s);
+          float s;
+          vwn::math::mix_width_backward<M, N>(ac, j, tile_column{Gs, c}, s);
           dH[t * ldDH + j * db + d0 + c] = from_float<S>(s);
         }
       }
@@ -348,9 +343,9 @@ struct dghc_backward_width_smem {
 };
 
 // Dynamic width connection, backward, per token in one kernel and three sweeps over the slot width:
-//  A: d a = H [dX; dC]^T; then d[alpha|beta] and dS partials, dQ = dab . S . (1 - P^2) / sqrt(db) (saved);
-//  B: proj_j = mean_d(dHn g u) with dHn = dQ W^T, u = H rstd;
-//  C: dH = a [dX; dC] + rstd (dHn g - u proj).
+//  A: d a = H [dX; dC]^T; then d[alpha|beta] and dS partials, dQ = math::projection_backward (saved);
+//  B: proj_j = mean_d(dHn g u) with dHn = math::projection_input_backward, u = math::rms_unit;
+//  C: dH = math::mix_width_backward + math::rms_backward.
 // The projection and norm-weight gradients (sums over tokens) are left to dghc_projection_grad_kernel.
 template <int M, int N, class S>
 __global__ void __launch_bounds__(block_threads)
@@ -373,7 +368,8 @@ __global__ void __launch_bounds__(block_threads)
   float* proj = rs + N;             // N
   float* gc = proj + N;             // chunk of g
   const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const float inv_db = 1.f / float(db), inv_tau = 1.f / sqrtf(float(db));
+  const float inv_tau = vwn::math::inverse_tau(float(db));
+  const coefficient_block ac{red, R}, dqc{dq, K};
   float d_static[per_thread], d_scale[per_thread];
 #pragma unroll
   for (int i = 0; i < per_thread; ++i) d_static[i] = d_scale[i] = 0.f;
@@ -403,14 +399,15 @@ __global__ void __launch_bounds__(block_threads)
         const float pk = P[t * NK + o];
         d_static[i] += dab;
         d_scale[i] = fmaf(dab, pk, d_scale[i]);
-        const float q = dab * pair_entry<M, N>(p.S_alpha, p.S_beta, j, k) * (1.f - pk * pk) * inv_tau;
+        float q;
+        vwn::math::projection_backward(dab, pair_entry<M, N>(p.S_alpha, p.S_beta, j, k), pk, inv_tau, q);
         dq[o] = q;
         dQ[t * NK + o] = q;
       }
     }
     __syncthreads();
     for (int o = tid; o < NR; o += block_threads)  // a = S_alpha . P[:, :m+n] + alpha, into red
-      red[o] = fmaf(p.S_alpha[o], P[t * NK + (o / R) * K + o % R], p.alpha[o]);
+      vwn::math::coefficients(p.S_alpha[o], P[t * NK + (o / R) * K + o % R], p.alpha[o], red[o]);
     // Sweep B: proj.
     float pp[slots_per_warp];
 #pragma unroll
@@ -418,14 +415,15 @@ __global__ void __launch_bounds__(block_threads)
     for (int d0 = 0; d0 < db; d0 += chunk) {
       const int cols = min(chunk, db - d0);
       load_tile(Hs, Ht, N, db, d0, cols, tid);
-      load_projection_tile<M, N>(Ws, p, false, d0, cols, tid);
+      load_projection_tile<M, N>(Ws, p, d0, cols, tid);
       if (tid < chunk) gc[tid] = tid < cols ? p.g[d0 + tid] : 0.f;
       __syncthreads();
       for (int e = tid; e < N * chunk; e += block_threads) {
         const int j = e / chunk, c = e % chunk;
-        float dhn = 0.f;
-        for (int k = 0; k < K; ++k) dhn = fmaf(dq[j * K + k], Ws[k * tile_ld + c], dhn);
-        Hs[j * tile_ld + c] *= dhn * gc[c] * rs[j];  // dHn g u; zero in the padding (Hs = 0 there)
+        float dhn, u;
+        vwn::math::projection_input_backward<M, N>(dqc, j, tile_column{Ws, c}, dhn);
+        vwn::math::rms_unit(Hs[j * tile_ld + c], rs[j], u);
+        Hs[j * tile_ld + c] = dhn * gc[c] * u;  // dHn g u; zero in the padding (Hs = 0 there)
       }
       __syncthreads();
 #pragma unroll
@@ -440,7 +438,7 @@ __global__ void __launch_bounds__(block_threads)
       const int j = warp + i * warps;
       if (j < N) {
         const float s = warp_sum(pp[i]);
-        if (lane == 0) proj[j] = s * inv_db;
+        if (lane == 0) proj[j] = vwn::math::mean_of(s, float(db));
       }
     }
     __syncthreads();
@@ -449,17 +447,18 @@ __global__ void __launch_bounds__(block_threads)
       const int cols = min(chunk, db - d0);
       load_tile(Hs, Ht, N, db, d0, cols, tid);
       load_mix_tile<M, N>(Gs, dXt, dCt, db, d0, cols, tid);
-      load_projection_tile<M, N>(Ws, p, false, d0, cols, tid);
+      load_projection_tile<M, N>(Ws, p, d0, cols, tid);
       if (tid < chunk) gc[tid] = tid < cols ? p.g[d0 + tid] : 0.f;
       __syncthreads();
       for (int e = tid; e < N * chunk; e += block_threads) {
         const int j = e / chunk, c = e % chunk;
         if (c < cols) {
-          float mixv = 0.f, dhn = 0.f;
-          for (int i = 0; i < R; ++i) mixv = fmaf(red[j * R + i], Gs[i * tile_ld + c], mixv);
-          for (int k = 0; k < K; ++k) dhn = fmaf(dq[j * K + k], Ws[k * tile_ld + c], dhn);
-          const float u = Hs[j * tile_ld + c] * rs[j];
-          dH[t * ldDH + j * db + d0 + c] = from_float<S>(mixv + rs[j] * (dhn * gc[c] - u * proj[j]));
+          float dh, dhn, u;
+          vwn::math::mix_width_backward<M, N>(ac, j, tile_column{Gs, c}, dh);
+          vwn::math::projection_input_backward<M, N>(dqc, j, tile_column{Ws, c}, dhn);
+          vwn::math::rms_unit(Hs[j * tile_ld + c], rs[j], u);
+          vwn::math::rms_backward<true>(dhn * gc[c], u, proj[j], rs[j], dh);
+          dH[t * ldDH + j * db + d0 + c] = from_float<S>(dh);
         }
       }
       __syncthreads();
@@ -477,7 +476,7 @@ __global__ void __launch_bounds__(block_threads)
 inline constexpr int column_threads = 128;
 
 // Projection gradient, first pass: for a group of tokens and one column d of the slot width,
-// A[k][d] = sum_{t in group, j} dQ[t][j][k] u[t][j][d] (u = H rstd). Then d W[d][k] = g[d] A[k][d] and
+// A[k][d] = sum_{t in group, j} dQ[t][j][k] u[t][j][d] (u = math::rms_unit). Then d W[d][k] = g[d] A[k][d] and
 // d g[d] = sum_k W[d][k] A[k][d] (dghc_projection_grad_finish).
 template <int M, int N, class S>
 __global__ void __launch_bounds__(column_threads)
@@ -493,7 +492,8 @@ __global__ void __launch_bounds__(column_threads)
   for (int k = 0; k < K; ++k) acc[k] = 0.f;
   for (index_t t = t0; t < t1; ++t)
     for (int j = 0; j < N; ++j) {
-      const float u = to_float(H[t * ldH + j * db + d]) * rstd[t * N + j];
+      float u;
+      vwn::math::rms_unit(to_float(H[t * ldH + j * db + d]), rstd[t * N + j], u);
       const float* q = dQ + (t * N + j) * K;  // the same address in every thread: a broadcast
 #pragma unroll
       for (int k = 0; k < K; ++k) acc[k] = fmaf(q[k], u, acc[k]);
@@ -541,14 +541,13 @@ struct dghc_coefficient_target {
 
 }  // namespace detail
 
-/// Parameters (or gradients) of a device GHC, float, one allocation; each tensor has the host layout
-/// (`alpha` `n x (m+n)`, `beta` `n x m`, dynamic: `W_alpha` `db x (m+n)`, `W_beta` `db x m`, `S_alpha`,
-/// `S_beta`, `g` `db`), all row-major.
+/// Parameters (or gradients) of a device GHC, float, one allocation; the tensors are those of
+/// `vwn::ghc_tensors` (names, shapes, order, weight decay), each row-major as on the host.
 template <int M, int N, bool Dynamic>
 class ghc_device_parameters {
  public:
   /// Parameters for block width `db` (uninitialised).
-  explicit ghc_device_parameters(index_t db) : db_(db) { buf_.resize(std::size_t(offset(7))); }
+  explicit ghc_device_parameters(index_t db) : db_(db) { buf_.resize(std::size_t(offset(count))); }
 
   float* alpha() { return at(0); }
   float* beta() { return at(1); }
@@ -564,12 +563,11 @@ class ghc_device_parameters {
     return {self->alpha(), self->beta(), self->W_alpha(), self->W_beta(), self->S_alpha(), self->S_beta(), self->g()};
   }
 
-  /// Visits `f(name, device_data, size, weight_decay)` for each tensor, in the host order.
+  /// Visits `f(name, device_data, size, weight_decay)` for each tensor, in the order of `vwn::ghc_tensors`.
   template <class F>
   void visit(F&& f) {
-    static constexpr const char* names[7] = {"alpha", "beta", "W_alpha", "W_beta", "S_alpha", "S_beta", "g"};
-    static constexpr bool decay[7] = {false, false, true, true, true, true, false};
-    for (int i = 0; i < (Dynamic ? 7 : 2); ++i) f(std::string_view(names[i]), at(i), size(i), decay[i]);
+    int i = 0;
+    for (const tensor_spec& t : specs()) f(t.name, at(i++), t.size(), t.decay);
   }
 
   /// Sets every entry to zero (asynchronous on `policy`'s stream).
@@ -589,28 +587,25 @@ class ghc_device_parameters {
   }
 
  private:
-  static constexpr int R = M + N;
-  index_t size(int i) const {
-    const index_t sizes[7] = {N * R, N * M, db_ * R, db_ * M, N * R, N * M, db_};
-    return (Dynamic || i < 2) ? sizes[i] : 0;
-  }
+  static constexpr int count = int(vwn::ghc_tensors<M, N, Dynamic>(0).size());
+  auto specs() const { return vwn::ghc_tensors<M, N, Dynamic>(db_); }
   index_t offset(int i) const {
     index_t o = 0;
-    for (int k = 0; k < i; ++k) o += size(k);
+    for (int k = 0; k < i; ++k) o += specs()[std::size_t(k)].size();
     return o;
   }
   float* at(int i) { return buf_.data() + offset(i); }
 
   template <class HostParams, class F>
   void for_pairs(HostParams& host, F&& f) {
-    std::vector<std::pair<float*, index_t>> mine;
-    visit([&](std::string_view, float* d, index_t n, bool) { mine.emplace_back(d, n); });
+    const auto mine = specs();
     std::size_t i = 0;
     host.visit([&](std::string_view name, auto* h, index_t n, bool) {
-      if (i >= mine.size() || mine[i].second != n)
+      if (i >= mine.size() || mine[i].size() != n || mine[i].name != name)
         vwn::detail::fail("vwn::cuda::ghc_device_parameters", std::string(name) + " size",
-                          std::to_string(i < mine.size() ? mine[i].second : 0), std::to_string(n));
-      f(h, mine[i].first, n);
+                          i < mine.size() ? std::string(mine[i].name) + " of " + std::to_string(mine[i].size()) : "none",
+                          std::to_string(n));
+      f(h, at(int(i)), n);
       ++i;
     });
   }
@@ -681,17 +676,14 @@ class basic_ghc : public widths<M, N> {
   void forward_width(const device_t& policy, device_matrix_cref<S> H, device_matrix_ref<S> X,
                      device_matrix_ref<S> C, workspace& ws) const {
     const std::string where = name() + "::forward_width";
-    const index_t T = vwn::detail::expect_tokens(where, "H", H, wide_width());
-    vwn::detail::expect_shape(where, "X", X, T, D_);
-    vwn::detail::expect_shape(where, "C", C, T, wide_width());
-    vwn::detail::expect_no_alias(where, "X", X, "H", H);
-    vwn::detail::expect_no_alias(where, "C", C, "H", H);
-    vwn::detail::expect_no_alias(where, "C", C, "X", X);
-    ws.tokens = T;
-    const unsigned blocks = detail::token_blocks(T);
+    const index_t T = checks(where).forward_width(H, X, C);
     if constexpr (Dynamic) {
       ws.rstd.resize(std::size_t(T * N));
       ws.P.resize(std::size_t(T * N * K));
+    }
+    ws.tokens = T;
+    const unsigned blocks = detail::token_blocks(T);
+    if constexpr (Dynamic) {
       constexpr std::size_t smem = detail::dghc_forward_width_smem<M, N>::bytes;
       const auto kernel = detail::dghc_forward_width_kernel<M, N, S>;
       detail::allow_shared_memory(kernel, smem, where.c_str());
@@ -710,12 +702,8 @@ class basic_ghc : public widths<M, N> {
   void forward_depth(const device_t& policy, device_matrix_cref<S> Z, device_matrix_cref<S> C,
                      device_matrix_ref<S> H_out, const workspace& ws) const {
     const std::string where = name() + "::forward_depth";
-    const index_t T = check_saved(where, ws, Z);
-    vwn::detail::expect_shape(where, "C", C, T, wide_width());
-    vwn::detail::expect_shape(where, "H_out", H_out, T, wide_width());
-    vwn::detail::expect_no_alias(where, "H_out", H_out, "Z", Z);
-    const bool in_place = H_out.data() == C.data() && H_out.outerStride() == C.outerStride();
-    if (!in_place) vwn::detail::expect_no_alias(where, "H_out", H_out, "C (other than exactly in place)", C);
+    checks(where).forward_depth(ws.tokens, Z, C, H_out);  // H_out may be C exactly: each element is read first
+    const index_t T = ws.tokens;
     detail::ghc_forward_depth_kernel<M, N, S, Dynamic>
         <<<detail::token_blocks(T), detail::block_threads, 0, policy.stream()>>>(
             Z.data(), Z.outerStride(), C.data(), C.outerStride(), H_out.data(), H_out.outerStride(),
@@ -728,11 +716,8 @@ class basic_ghc : public widths<M, N> {
   void backward_depth(const device_t& policy, device_matrix_cref<S> dH_out, device_matrix_cref<S> Z,
                       device_matrix_ref<S> dZ, workspace& ws) {
     const std::string where = name() + "::backward_depth";
-    const index_t T = check_saved(where, ws, Z);
-    vwn::detail::expect_shape(where, "dH_out", dH_out, T, wide_width());
-    vwn::detail::expect_shape(where, "dZ", dZ, T, D_);
-    vwn::detail::expect_no_alias(where, "dZ", dZ, "dH_out", dH_out);
-    vwn::detail::expect_no_alias(where, "dZ", dZ, "Z", Z);
+    checks(where).backward_depth(ws.tokens, dH_out, Z, dZ);
+    const index_t T = ws.tokens;
     const unsigned blocks = detail::token_blocks(T);
     if constexpr (Dynamic)
       ws.dB.resize(std::size_t(T * N * M));
@@ -755,13 +740,8 @@ class basic_ghc : public widths<M, N> {
   void backward_width(const device_t& policy, device_matrix_cref<S> H, device_matrix_cref<S> dX,
                       device_matrix_cref<S> dC, device_matrix_ref<S> dH, workspace& ws) {
     const std::string where = name() + "::backward_width";
-    const index_t T = check_saved(where, ws, dX);
-    vwn::detail::expect_shape(where, "H", H, T, wide_width());
-    vwn::detail::expect_shape(where, "dC", dC, T, wide_width());
-    vwn::detail::expect_shape(where, "dH", dH, T, wide_width());
-    vwn::detail::expect_no_alias(where, "dH", dH, "H", H);
-    vwn::detail::expect_no_alias(where, "dH", dH, "dX", dX);
-    vwn::detail::expect_no_alias(where, "dH", dH, "dC", dC);
+    checks(where).backward_width(ws.tokens, H, dX, dC, dH);
+    const index_t T = ws.tokens;
     const unsigned blocks = detail::token_blocks(T);
     if constexpr (Dynamic) {
       if (ws.dB.size() < std::size_t(T * N * M))
@@ -808,12 +788,7 @@ class basic_ghc : public widths<M, N> {
  private:
   static constexpr int K = 2 * M + N;
 
-  template <class A>
-  index_t check_saved(const std::string& where, const workspace& ws, const A& a) const {
-    if (ws.tokens == 0) vwn::detail::fail(where, "workspace", "one filled by forward_width", "an empty workspace");
-    vwn::detail::expect_shape(where, "backbone-width argument", a, ws.tokens, D_);
-    return ws.tokens;
-  }
+  vwn::detail::ghc_checks checks(const std::string& where) const { return {where, D_, wide_width()}; }
 
   using widths<M, N>::D_;
   using widths<M, N>::db_;

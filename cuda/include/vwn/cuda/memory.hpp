@@ -12,7 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include <vwn/config.hpp>
+#include <vwn/core/checks.hpp>
+#include <vwn/core/config.hpp>
 
 #include "error.hpp"
 #include "policy.hpp"

@@ -41,9 +41,9 @@ class mtp_mixer : public widths<M, N> {
   /// `U` from `A`, `B` (all `T x D'`, contiguous rows).
   void forward(const device_t& policy, device_matrix_cref<S> A, device_matrix_cref<S> B, device_matrix_ref<S> U) {
     const std::string where = name() + "::forward";
-    const index_t T = check(where, A, B);
-    vwn::detail::expect_shape(where, "U", U, T, wide_width());
-    vwn::detail::expect_contiguous(where, "U", U);
+    const vwn::detail::mtp_mixer_checks check{where, wide_width()};
+    const index_t T = check.inputs(A, B);
+    check.wide(T, "U", U);
     const index_t rows = T * N;
     constexpr cudaDataType_t st = detail::storage_info<S>::blas_type;
     cublasHandle_t h = policy.blas();
@@ -66,13 +66,11 @@ class mtp_mixer : public widths<M, N> {
   void backward(const device_t& policy, device_matrix_cref<S> A, device_matrix_cref<S> B, device_matrix_cref<S> dU,
                 device_matrix_ref<S> dA, device_matrix_ref<S> dB) {
     const std::string where = name() + "::backward";
-    const index_t T = check(where, A, B);
-    vwn::detail::expect_shape(where, "dU", dU, T, wide_width());
-    vwn::detail::expect_shape(where, "dA", dA, T, wide_width());
-    vwn::detail::expect_shape(where, "dB", dB, T, wide_width());
-    vwn::detail::expect_contiguous(where, "dU", dU);
-    vwn::detail::expect_contiguous(where, "dA", dA);
-    vwn::detail::expect_contiguous(where, "dB", dB);
+    const vwn::detail::mtp_mixer_checks check{where, wide_width()};
+    const index_t T = check.inputs(A, B);
+    check.wide(T, "dU", dU);
+    check.wide(T, "dA", dA);
+    check.wide(T, "dB", dB);
     const index_t rows = T * N;
     constexpr cudaDataType_t st = detail::storage_info<S>::blas_type;
     cublasHandle_t h = policy.blas();
@@ -87,13 +85,6 @@ class mtp_mixer : public widths<M, N> {
   }
 
  private:
-  index_t check(const std::string& where, device_matrix_cref<S> A, device_matrix_cref<S> B) const {
-    const index_t T = vwn::detail::expect_tokens(where, "A", A, wide_width());
-    vwn::detail::expect_shape(where, "B", B, T, wide_width());
-    vwn::detail::expect_contiguous(where, "A", A);
-    vwn::detail::expect_contiguous(where, "B", B);
-    return T;
-  }
 
   detail::gemm_weight<S> w_;
   device_buffer<float> u_;

@@ -15,7 +15,7 @@ namespace vwn::cuda {
 
 namespace detail {
 
-// GroupNorm forward, block (token t, group k) over D values: y = (x - mean) rstd w + b.
+// GroupNorm forward, block (token t, group k) over D values (math::group_forward).
 template <class S>
 __global__ void __launch_bounds__(block_threads)
     groupnorm_forward_kernel(const S* __restrict__ H, index_t ldH, const float* __restrict__ w,
@@ -27,21 +27,23 @@ __global__ void __launch_bounds__(block_threads)
   const S* x = H + t * ldH + index_t(k) * D;
   float s = 0.f;
   for (int c = tid; c < D; c += block_threads) s += to_float(x[c]);
-  const float mu = block_sum(s, scratch) / float(D);
+  const float mu = vwn::math::mean_of(block_sum(s, scratch), float(D));
   float v = 0.f;
   for (int c = tid; c < D; c += block_threads) {
     const float e = to_float(x[c]) - mu;
     v = fmaf(e, e, v);
   }
-  const float r = 1.f / sqrtf(block_sum(v, scratch) / float(D) + float(norm_eps));
+  const float r = vwn::math::inverse_rms(block_sum(v, scratch), float(D));
   for (int c = tid; c < D; c += block_threads) {
     const int i = k * D + c;
-    y[t * ldY + i] = from_float<S>(fmaf((to_float(x[c]) - mu) * r, w[i], b[i]));
+    float out;
+    vwn::math::group_forward(to_float(x[c]), mu, r, w[i], b[i], out);
+    y[t * ldY + i] = from_float<S>(out);
   }
   if (tid == 0) mean[t * groups + k] = mu, rstd[t * groups + k] = r;
 }
 
-// GroupNorm backward, block (t, k): dx = rstd (dxh - mean(dxh) - xh mean(dxh xh)), dxh = dy w.
+// GroupNorm backward, block (t, k) (math::group_unit, math::group_backward), with dxh = dy w.
 template <class S>
 __global__ void __launch_bounds__(block_threads)
     groupnorm_backward_kernel(const S* __restrict__ H, index_t ldH, const float* __restrict__ dy,
@@ -56,14 +58,18 @@ __global__ void __launch_bounds__(block_threads)
   float s1 = 0.f, s2 = 0.f;
   for (int c = tid; c < D; c += block_threads) {
     const float dxh = g[c] * w[k * D + c];
+    float xh;
+    vwn::math::group_unit(to_float(x[c]), mu, r, xh);
     s1 += dxh;
-    s2 = fmaf(dxh, (to_float(x[c]) - mu) * r, s2);
+    s2 = fmaf(dxh, xh, s2);
   }
-  const float m1 = block_sum(s1, scratch) / float(D);
-  const float m2 = block_sum(s2, scratch) / float(D);
+  const float m1 = vwn::math::mean_of(block_sum(s1, scratch), float(D));
+  const float m2 = vwn::math::mean_of(block_sum(s2, scratch), float(D));
   for (int c = tid; c < D; c += block_threads) {
-    const float xh = (to_float(x[c]) - mu) * r;
-    dH[t * ldDH + index_t(k) * D + c] = from_float<S>(r * (g[c] * w[k * D + c] - m1 - xh * m2));
+    float xh, dx;
+    vwn::math::group_unit(to_float(x[c]), mu, r, xh);
+    vwn::math::group_backward(g[c] * w[k * D + c], xh, r, m1, m2, dx);
+    dH[t * ldDH + index_t(k) * D + c] = from_float<S>(dx);
   }
 }
 
@@ -81,7 +87,9 @@ __global__ void __launch_bounds__(column_threads)
   float dw = 0.f, db = 0.f;
   for (index_t t = t0; t < t1; ++t) {
     const float g = dy[t * width + i];
-    dw = fmaf(g, (to_float(H[t * ldH + i]) - mean[t * groups + k]) * rstd[t * groups + k], dw);
+    float xh;
+    vwn::math::group_unit(to_float(H[t * ldH + i]), mean[t * groups + k], rstd[t * groups + k], xh);
+    dw = fmaf(g, xh, dw);
     db += g;
   }
   partial[(std::size_t(grp) * 2) * std::size_t(width) + std::size_t(i)] = dw;
@@ -120,13 +128,15 @@ class reduce_head : public widths<M, N> {
   struct parameters {
     device_buffer<float> gn_weight, gn_bias;  ///< `D'` each (GroupNorm only)
     device_buffer<float> W_reduce;            ///< `D x D'` (unless n == m)
-    /// Visits `f(name, device_data, size, weight_decay)` for each present tensor, in the host order.
+    /// Visits `f(name, device_data, size, weight_decay)` for each tensor of `vwn::reduce_head_tensors`, in order.
     template <class F>
     void visit(F&& f) {
-      if (gn_weight.size()) f("gn_weight", gn_weight.data(), index_t(gn_weight.size()), false);
-      if (gn_bias.size()) f("gn_bias", gn_bias.data(), index_t(gn_bias.size()), false);
-      if (W_reduce.size()) f("W_reduce", W_reduce.data(), index_t(W_reduce.size()), true);
+      for (const tensor_spec& t : reduce_head_tensors<M, N>(D)) {
+        float* data = t.name == "gn_weight" ? gn_weight.data() : t.name == "gn_bias" ? gn_bias.data() : W_reduce.data();
+        f(t.name, data, t.size(), t.decay);
+      }
     }
+    index_t D = 0;  ///< backbone width
   };
   /// Saved state and scratch.
   struct workspace {
@@ -144,6 +154,7 @@ class reduce_head : public widths<M, N> {
       : widths<M, N>(name() + "::reduce_head", D) {
     const host_type h(D, seed);
     for (parameters* p : {&params, &grads}) {
+      p->D = D;
       p->gn_weight.resize(std::size_t(h.params.gn_weight.size()));
       p->gn_bias.resize(std::size_t(h.params.gn_bias.size()));
       p->W_reduce.resize(std::size_t(h.params.W_reduce.size()));
@@ -164,10 +175,14 @@ class reduce_head : public widths<M, N> {
   /// `h` (`T x D`) from `H` (`T x D'`).
   void forward(const device_t& policy, device_matrix_cref<S> H, device_matrix_ref<S> h, workspace& ws) {
     const std::string where = name() + "::forward";
-    const index_t T = vwn::detail::expect_tokens(where, "H", H, wide_width());
-    vwn::detail::expect_shape(where, "h", h, T, D_);
-    ws.tokens = T;
+    const index_t T = vwn::detail::reduce_head_checks{where, D_, wide_width()}.forward(H, h);
     constexpr cudaDataType_t st = detail::storage_info<S>::blas_type;
+    if constexpr (has_groupnorm) {  // every allocation before the saved state names this call
+      ws.normed.resize(std::size_t(T * wide_width()));
+      ws.mean.resize(std::size_t(T * groups));
+      ws.rstd.resize(std::size_t(T * groups));
+    }
+    ws.tokens = T;
     if constexpr (!has_reduce) {
       VWN_CUDA_CHECK(cudaMemcpy2DAsync(h.data(), std::size_t(h.outerStride()) * sizeof(S), H.data(),
                                        std::size_t(H.outerStride()) * sizeof(S), std::size_t(D_) * sizeof(S),
@@ -176,9 +191,6 @@ class reduce_head : public widths<M, N> {
       const S* in = H.data();
       index_t ld = H.outerStride();
       if constexpr (has_groupnorm) {
-        ws.normed.resize(std::size_t(T * wide_width()));
-        ws.mean.resize(std::size_t(T * groups));
-        ws.rstd.resize(std::size_t(T * groups));
         detail::groupnorm_forward_kernel<S><<<dim3(unsigned(T), groups), detail::block_threads, 0, policy.stream()>>>(
             H.data(), H.outerStride(), params.gn_weight.data(), params.gn_bias.data(), ws.normed.data(), wide_width(),
             ws.mean.data(), ws.rstd.data(), int(D_), groups);
@@ -196,11 +208,8 @@ class reduce_head : public widths<M, N> {
   void backward(const device_t& policy, device_matrix_cref<S> H, device_matrix_cref<S> dh, device_matrix_ref<S> dH,
                 workspace& ws) {
     const std::string where = name() + "::backward";
-    if (ws.tokens == 0) vwn::detail::fail(where, "workspace", "one filled by forward", "an empty workspace");
+    vwn::detail::reduce_head_checks{where, D_, wide_width()}.backward(ws.tokens, H, dh, dH);
     const index_t T = ws.tokens;
-    vwn::detail::expect_shape(where, "H", H, T, wide_width());
-    vwn::detail::expect_shape(where, "dh", dh, T, D_);
-    vwn::detail::expect_shape(where, "dH", dH, T, wide_width());
     constexpr cudaDataType_t st = detail::storage_info<S>::blas_type;
     if constexpr (!has_reduce) {
       VWN_CUDA_CHECK(cudaMemcpy2DAsync(dH.data(), std::size_t(dH.outerStride()) * sizeof(S), dh.data(),

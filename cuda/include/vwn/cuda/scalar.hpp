@@ -10,12 +10,7 @@
 #include <string>
 #include <type_traits>
 
-/// Functions callable on host and device (`__host__ __device__` under nvcc, plain `inline` otherwise).
-#if defined(__CUDACC__)
-#define VWN_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define VWN_HOST_DEVICE inline
-#endif
+#include <vwn/core/host_device.hpp>
 
 namespace vwn::cuda {
 

@@ -6,7 +6,8 @@
 
 #include <cstddef>
 
-#include <vwn/config.hpp>
+#include <vwn/core/checks.hpp>
+#include <vwn/core/config.hpp>
 
 #include "../error.hpp"
 #include "../policy.hpp"
@@ -36,6 +37,20 @@ inline unsigned token_blocks(index_t T) { return unsigned(T < max_blocks ? T : m
 inline unsigned token_groups(index_t T) { return unsigned(T < max_groups ? T : max_groups); }
 /// Ceiling division.
 constexpr index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+
+/// Coefficient accessor of the math layer over a row-major block in shared memory: `(j, k) -> p[j * ld + k]`.
+struct coefficient_block {
+  const float* p;
+  int ld;
+  __device__ __forceinline__ float operator()(int j, int k) const { return p[j * ld + k]; }
+};
+
+/// Value accessor of the math layer over column `c` of a shared-memory tile: `j -> tile[j * tile_ld + c]`.
+struct tile_column {
+  const float* tile;
+  int c;
+  __device__ __forceinline__ float operator()(int j) const { return tile[j * tile_ld + c]; }
+};
 
 /// Sum over the 32 lanes of a warp (butterfly: every lane gets the same, order-fixed result).
 __device__ __forceinline__ float warp_sum(float v) {

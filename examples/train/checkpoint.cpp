@@ -1,0 +1,174 @@
+#include <train/checkpoint.hpp>
+
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <utility>
+
+#include <train/values.hpp>
+#include <vwn/core/version.hpp>
+
+namespace vwn::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+/// FNV-1a, 64 bits.
+struct fnv1a {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  void add(const void* p, std::size_t n) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  }
+  void add(std::string_view s) {
+    add(s.data(), s.size());
+    const unsigned char zero = 0;
+    add(&zero, 1);
+  }
+  std::string hex() const {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string out(16, '0');
+    for (int i = 0; i < 16; ++i) out[std::size_t(15 - i)] = digits[(h >> (4 * i)) & 15];
+    return out;
+  }
+};
+
+/// Checksum over metadata (except the checksum itself) and every tensor's name, dtype, shape and bytes.
+std::string checksum(const safetensors::file& f) {
+  fnv1a h;
+  for (const auto& [k, v] : f.metadata) {
+    if (k == "checksum") continue;
+    h.add(k);
+    h.add(v);
+  }
+  for (const std::string& name : f.names()) {
+    const safetensors::tensor& t = f.at(name);
+    h.add(name);
+    h.add(safetensors::name(t.type));
+    std::string shape;
+    for (auto d : t.shape) shape += std::to_string(d) + ",";
+    h.add(shape);
+    h.add(t.bytes.data(), t.bytes.size());
+  }
+  return h.hex();
+}
+
+}  // namespace
+
+std::string corpus_fingerprint(const data::text_corpus& corpus) {
+  fnv1a f;
+  f.add(corpus.bytes().data(), corpus.bytes().size());
+  return f.hex();
+}
+
+namespace detail {
+
+std::string checkpoint_error_prefix(const fs::path& p) { return "cannot use checkpoint '" + p.string() + "': "; }
+
+void load_tensors(const checkpoint& c, const std::vector<tensor_target>& targets) {
+  const std::string where = checkpoint_error_prefix(c.path);
+  std::map<std::string, bool> expected;
+  for (const auto& t : targets) {
+    expected[t.name] = true;
+    if (!c.file.contains(t.name)) throw std::runtime_error(where + "tensor '" + t.name + "' is missing");
+    const safetensors::tensor& st = c.file.at(t.name);
+    if (st.type != safetensors::dtype::f32)
+      throw std::runtime_error(where + "tensor '" + t.name + "': expected dtype F32, got " + std::string(safetensors::name(st.type)));
+    if (st.shape != std::vector<std::int64_t>{t.size})
+      throw std::runtime_error(where + "tensor '" + t.name + "': expected shape [" + std::to_string(t.size) + "], got " +
+                               safetensors::detail::shape_string(st.shape));
+  }
+  for (const std::string& name : c.file.names())
+    if (!expected.count(name)) throw std::runtime_error(where + "unexpected tensor '" + name + "' (another model?)");
+  for (const auto& t : targets)
+    if (t.size > 0) std::memcpy(t.data, c.file.at(t.name).bytes.data(), std::size_t(t.size) * sizeof(float));
+}
+
+}  // namespace detail
+
+checkpoint read_checkpoint(const fs::path& path) {
+  const std::string where = detail::checkpoint_error_prefix(path);
+  checkpoint c;
+  c.path = path;
+  try {
+    c.file = safetensors::file::read(path);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(where + e.what() + " (truncated or corrupted file?)");
+  }
+  const auto& md = c.file.metadata;
+  auto get = [&](const std::string& key) -> const std::string& {
+    const auto it = md.find(key);
+    if (it == md.end()) throw std::runtime_error(where + "metadata key '" + key + "' is missing");
+    return it->second;
+  };
+  if (!md.count("format") || md.at("format") != checkpoint_format)
+    throw std::runtime_error(where + "not a vwn-train checkpoint: expected metadata format '" + std::string(checkpoint_format) +
+                             "', got " + (md.count("format") ? "'" + md.at("format") + "'" : std::string("none")));
+  if (get("format_version") != std::to_string(checkpoint_version))
+    throw std::runtime_error(where + "unsupported format_version: expected " + std::to_string(checkpoint_version) + ", got '" +
+                             get("format_version") + "'");
+  const std::string stored = get("checksum"), actual = checksum(c.file);
+  if (stored != actual)
+    throw std::runtime_error(where + "checksum mismatch: expected " + stored + " (stored), got " + actual +
+                             " (computed): the file is corrupted");
+  try {
+    for (const auto& f : setting_fields()) f.set(c.config, get("config." + f.key));
+    c.step = detail::parse_int("step", get("step"), 0, detail::max_size, "an integer >= 0");
+    c.optimizer_step = detail::parse_int("optimizer_step", get("optimizer_step"), 0, detail::max_size, "an integer >= 0");
+    c.sampler.seed = detail::parse_u64("sampler_seed", get("sampler_seed"));
+    c.sampler.batch_index = detail::parse_u64("sampler_batch_index", get("sampler_batch_index"));
+    c.data_bytes = detail::parse_u64("data_bytes", get("data_bytes"));
+    c.data_fingerprint = get("data_fnv1a64");
+    c.data_source = md.count("data_source") ? md.at("data_source") : "";
+    c.elapsed_seconds = md.count("elapsed_seconds")
+                            ? detail::parse_double("elapsed_seconds", md.at("elapsed_seconds"), [](double) { return true; }, "a number")
+                            : 0.0;
+    c.model_name = md.count("model") ? md.at("model") : "";
+    validate(c.config);
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(where + "bad metadata: " + e.what());
+  }
+  return c;
+}
+
+void write_checkpoint(const fs::path& path, checkpoint c) {
+  auto& md = c.file.metadata;
+  md.clear();
+  md["format"] = std::string(checkpoint_format);
+  md["format_version"] = std::to_string(checkpoint_version);
+  md["vwn_version"] = std::to_string(VWN_VERSION_MAJOR) + "." + std::to_string(VWN_VERSION_MINOR) + "." +
+                      std::to_string(VWN_VERSION_PATCH);
+  md["model"] = c.model_name;
+  for (const auto& field : setting_fields()) md["config." + field.key] = field.get(c.config);
+  md["step"] = std::to_string(c.step);
+  md["optimizer_step"] = std::to_string(c.optimizer_step);
+  md["sampler_seed"] = std::to_string(c.sampler.seed);
+  md["sampler_batch_index"] = std::to_string(c.sampler.batch_index);
+  md["data_bytes"] = std::to_string(c.data_bytes);
+  md["data_fnv1a64"] = c.data_fingerprint;
+  md["data_source"] = c.data_source;
+  md["elapsed_seconds"] = detail::format_double(c.elapsed_seconds);
+  md["checksum"] = checksum(c.file);
+  c.file.write(path);
+}
+
+std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c) {
+  auto m = model::make_transformer({c.config.m, c.config.n, c.config.dynamic}, c.config.model_config());
+  std::vector<detail::tensor_target> targets;
+  m->visit([&](const std::string& name, float* p, float*, index_t size, bool) { targets.push_back({"model." + name, p, size}); });
+  // Only the model's tensors are needed here: the optimiser's are neither checked nor loaded.
+  const std::string where = detail::checkpoint_error_prefix(c.path);
+  for (const auto& t : targets) {
+    if (!c.file.contains(t.name)) throw std::runtime_error(where + "tensor '" + t.name + "' is missing");
+    const auto& st = c.file.at(t.name);
+    if (st.type != safetensors::dtype::f32 || st.shape != std::vector<std::int64_t>{t.size})
+      throw std::runtime_error(where + "tensor '" + t.name + "': expected F32 of shape [" + std::to_string(t.size) + "], got " +
+                               std::string(safetensors::name(st.type)) + " " + safetensors::detail::shape_string(st.shape));
+  }
+  for (const auto& t : targets)
+    if (t.size > 0) std::memcpy(t.data, c.file.at(t.name).bytes.data(), std::size_t(t.size) * sizeof(float));
+  return m;
+}
+
+}  // namespace vwn::train

@@ -1,0 +1,76 @@
+#pragma once
+/// \file checkpoint.hpp
+/// Checkpoints of a training run: safetensors files holding the model's parameters, AdamW's moments and,
+/// as metadata, the settings, the counters, the corpus fingerprint and a checksum over all of it. The
+/// format is documented in docs/checkpoint.md.
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <io/safetensors.hpp>
+#include <train/settings.hpp>
+#include <transformer/data.hpp>
+#include <transformer/model.hpp>
+
+namespace vwn::train {
+
+/// Name written under the `format` metadata key of every checkpoint.
+inline constexpr std::string_view checkpoint_format = "vwn-train-checkpoint";
+/// Version of the checkpoint layout (metadata keys and tensor names); bumped on any incompatible change.
+inline constexpr int checkpoint_version = 1;
+
+/// The contents of a checkpoint: read and verified by `read_checkpoint`, or filled by the trainer and
+/// written by `write_checkpoint`.
+struct checkpoint {
+  std::filesystem::path path;         ///< the file it was read from
+  settings config;                    ///< the run's settings
+  index_t step = 0;                   ///< completed training steps
+  std::int64_t optimizer_step = 0;    ///< AdamW step count
+  data::sampler_state sampler;        ///< position of the training batch sampler
+  std::uint64_t data_bytes = 0;       ///< corpus size
+  std::string data_fingerprint;       ///< FNV-1a 64 of the corpus bytes
+  std::string data_source;            ///< corpus path at training time (informative)
+  double elapsed_seconds = 0;         ///< training time so far (informative)
+  std::string model_name;             ///< e.g. "vwn::model::transformer<2,3,dynamic>"
+  safetensors::file file;             ///< the tensors (`model.<name>`, `optim.<name>`) and the raw metadata
+};
+
+/// FNV-1a 64 fingerprint of a corpus's bytes, as 16 hex digits (stored in checkpoints).
+std::string corpus_fingerprint(const data::text_corpus& corpus);
+
+/// Reads and verifies a checkpoint: a valid safetensors file with `format`, `format_version` and a
+/// matching checksum, and every metadata key present and well formed. Throws std::runtime_error ("cannot use
+/// checkpoint 'PATH': ...") for a missing, truncated, corrupted or foreign file. Never writes anything.
+checkpoint read_checkpoint(const std::filesystem::path& path);
+
+/// Writes `c` to `path` atomically (a temporary file next to `path`, then a rename; the folder must exist):
+/// `c.file`'s tensors, and as metadata `c`'s fields with the format, its version, the library version and
+/// the checksum (any metadata already in `c.file` is replaced). `c.path` is not used.
+void write_checkpoint(const std::filesystem::path& path, checkpoint c);
+
+/// Rebuilds the model of a verified checkpoint with its parameters (for sampling).
+std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c);
+
+namespace detail {
+
+/// "cannot use checkpoint 'PATH': ", the start of every checkpoint error.
+std::string checkpoint_error_prefix(const std::filesystem::path& p);
+
+/// A buffer to fill from the checkpoint tensor `name`.
+struct tensor_target {
+  std::string name;  ///< tensor name in the file
+  float* data;       ///< destination
+  index_t size;      ///< floats at `data`
+};
+
+/// Copies the tensors of `c` into `targets`; checks everything first (presence, F32 dtype, shape `[size]`,
+/// no tensor left over), so nothing is written unless every tensor is fine. Throws std::runtime_error.
+void load_tensors(const checkpoint& c, const std::vector<tensor_target>& targets);
+
+}  // namespace detail
+
+}  // namespace vwn::train

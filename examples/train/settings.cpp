@@ -1,0 +1,201 @@
+#include <train/settings.hpp>
+
+#include <algorithm>
+#include <sstream>
+#include <type_traits>
+#include <utility>
+
+#include <train/values.hpp>
+#include <transformer/data.hpp>
+
+namespace vwn::train {
+
+namespace {
+
+// Builders of the table's entries. `ref` is a generic lambda `[](auto& s) -> auto& { return s.field; }`,
+// so that one accessor serves `get` (on a const settings) and `set`.
+
+setting_field field(std::string key, std::string value_name, std::string help) {
+  setting_field x;
+  x.flag = "--" + key;
+  x.key = std::move(key);
+  x.value_name = std::move(value_name);
+  x.help = std::move(help);
+  return x;
+}
+
+/// An integer in [lo, hi]: "a positive integer" for lo = 1, "an integer >= lo" otherwise.
+template <class Ref>
+setting_field integer(std::string key, std::string value_name, std::string help, Ref ref, std::int64_t lo,
+                      std::int64_t hi = detail::max_size) {
+  setting_field x = field(std::move(key), std::move(value_name), std::move(help));
+  const std::string expected = lo == 1 ? "a positive integer" : "an integer >= " + std::to_string(lo);
+  x.get = [ref](const settings& s) { return std::to_string(ref(s)); };
+  x.set = [ref, lo, hi, expected, flag = x.flag](settings& s, std::string_view v) {
+    using T = std::remove_reference_t<decltype(ref(s))>;
+    ref(s) = T(detail::parse_int(flag, v, lo, hi, expected));
+  };
+  return x;
+}
+
+/// A finite number accepted by `ok`.
+template <class Ref>
+setting_field real(std::string key, std::string help, Ref ref, bool (*ok)(double), std::string expected) {
+  setting_field x = field(std::move(key), "X", std::move(help));
+  x.get = [ref](const settings& s) { return detail::format_double(ref(s)); };
+  x.set = [ref, ok, expected, flag = x.flag](settings& s, std::string_view v) {
+    ref(s) = detail::parse_double(flag, v, ok, expected);
+  };
+  return x;
+}
+
+/// A switch `--key` (also `--key=BOOL`) with its opposite `negation`.
+template <class Ref>
+setting_field toggle(std::string key, std::string negation, std::string help, Ref ref) {
+  setting_field x = field(std::move(key), "", std::move(help));
+  x.negation = std::move(negation);
+  x.get = [ref](const settings& s) { return std::string(ref(s) ? "true" : "false"); };
+  x.set = [ref, flag = x.flag](settings& s, std::string_view v) { ref(s) = detail::parse_bool(flag, v); };
+  return x;
+}
+
+bool non_negative(double d) { return d >= 0; }
+bool positive(double d) { return d > 0; }
+bool unit_closed(double d) { return d >= 0 && d <= 1; }
+bool unit_open(double d) { return d > 0 && d < 1; }
+bool unit_right_open(double d) { return d >= 0 && d < 1; }
+
+std::vector<setting_field> make_fields() {
+  std::vector<setting_field> f;
+  f.push_back(integer("m", "M", "backbone blocks m of the width shape (m, n)", [](auto& s) -> auto& { return s.m; }, 1,
+                      1 << 20));
+  f.push_back(integer("n", "N", "over-width blocks n of the width shape (m, n), n >= m",
+                      [](auto& s) -> auto& { return s.n; }, 1, 1 << 20));
+  f.push_back(toggle("dynamic", "--static", "dynamic GHC (DGHC); --static for static GHC",
+                     [](auto& s) -> auto& { return s.dynamic; }));
+  f.back().default_text = "dynamic";
+  f.push_back(integer("width", "N", "backbone width D (a multiple of m and of heads)",
+                      [](auto& s) -> auto& { return s.model.width; }, 1));
+  f.push_back(integer("layers", "N", "transformer blocks L", [](auto& s) -> auto& { return s.model.layers; }, 1));
+  f.push_back(integer("heads", "N", "attention heads (D / heads must be even)",
+                      [](auto& s) -> auto& { return s.model.heads; }, 1));
+  {
+    setting_field x = integer("ffn", "N", "SwiGLU hidden width F (0: 8/3 D rounded up to a multiple of 8)",
+                              [](auto& s) -> auto& { return s.model.ffn_width; }, 0);
+    x.get = [](const settings& s) { return std::to_string(s.model.ffn()); };  // the width in use, never 0
+    x.default_text = "0 = 8/3 D";
+    f.push_back(std::move(x));
+  }
+  f.push_back(integer("context", "N", "sequence length T", [](auto& s) -> auto& { return s.model.context; }, 1));
+  f.push_back(integer("batch", "N", "sequences per step B", [](auto& s) -> auto& { return s.batch; }, 1));
+  f.push_back(toggle("lowrank", "--no-lowrank", "low-rank over-width embedding (--no-lowrank: direct V x D' table)",
+                     [](auto& s) -> auto& { return s.model.lowrank_embedding; }));
+  f.push_back(toggle("mtp", "--no-mtp", "multi-token-prediction head (--no-mtp to disable)",
+                     [](auto& s) -> auto& { return s.model.mtp; }));
+  f.push_back(real("mtp-lambda", "weight of the next-2-token loss", [](auto& s) -> auto& { return s.model.mtp_lambda; },
+                   non_negative, "a number >= 0"));
+  f.push_back(real("lr", "peak learning rate", [](auto& s) -> auto& { return s.lr; }, non_negative, "a number >= 0"));
+  f.push_back(real("min-lr-ratio", "cosine floor as a fraction of --lr", [](auto& s) -> auto& { return s.min_lr_ratio; },
+                   unit_closed, "a number in [0, 1]"));
+  f.push_back(integer("warmup", "N", "linear warm-up steps", [](auto& s) -> auto& { return s.warmup; }, 0));
+  f.push_back(integer("steps", "N", "total optimiser steps", [](auto& s) -> auto& { return s.steps; }, 1));
+  {
+    setting_field x = field("schedule", "S", "learning-rate shape after warm-up: cosine or constant");
+    x.get = [](const settings& s) { return std::string(optim::name(s.schedule)); };
+    x.set = [](settings& s, std::string_view v) {
+      if (v == "cosine") s.schedule = optim::lr_shape::cosine;
+      else if (v == "constant") s.schedule = optim::lr_shape::constant;
+      else detail::bad_value("--schedule", "cosine or constant", v);
+    };
+    f.push_back(std::move(x));
+  }
+  f.push_back(real("weight-decay", "AdamW decoupled weight decay", [](auto& s) -> auto& { return s.weight_decay; },
+                   non_negative, "a number >= 0"));
+  f.push_back(real("clip", "global gradient-norm clip (0: no clipping)", [](auto& s) -> auto& { return s.clip; },
+                   non_negative, "a number >= 0"));
+  f.push_back(real("beta1", "AdamW first-moment decay", [](auto& s) -> auto& { return s.beta1; }, unit_right_open,
+                   "a number in [0, 1)"));
+  f.push_back(real("beta2", "AdamW second-moment decay", [](auto& s) -> auto& { return s.beta2; }, unit_right_open,
+                   "a number in [0, 1)"));
+  f.push_back(real("adam-eps", "AdamW epsilon", [](auto& s) -> auto& { return s.adam_eps; }, positive, "a number > 0"));
+  {
+    setting_field x = field("seed", "N", "seed of the initialisation and of the batch order");
+    x.get = [](const settings& s) { return std::to_string(s.seed); };
+    x.set = [](settings& s, std::string_view v) { s.seed = detail::parse_u64("--seed", v); };
+    f.push_back(std::move(x));
+  }
+  f.push_back(real("val-fraction", "fraction of the corpus (its end) held out for validation",
+                   [](auto& s) -> auto& { return s.val_fraction; }, unit_open, "a number in (0, 1)"));
+  f.push_back(integer("eval-every", "K", "evaluate every K steps (0: only at the end)",
+                      [](auto& s) -> auto& { return s.eval_every; }, 0));
+  f.back().trajectory = false;
+  f.push_back(integer("eval-batches", "N", "validation batches of B sequences per evaluation",
+                      [](auto& s) -> auto& { return s.eval_batches; }, 1));
+  f.back().trajectory = false;
+  return f;
+}
+
+}  // namespace
+
+const std::vector<setting_field>& setting_fields() {
+  static const std::vector<setting_field> fields = make_fields();
+  return fields;
+}
+
+const setting_field* find_field(std::string_view key) {
+  for (const auto& f : setting_fields())
+    if (f.key == key) return &f;
+  return nullptr;
+}
+
+std::string default_text(const setting_field& f) { return f.default_text.empty() ? f.get(settings()) : f.default_text; }
+
+void validate(const settings& s) {
+  const model::shape_choice shape{s.m, s.n, s.dynamic};
+  const auto available = model::available_shapes();
+  if (std::find(available.begin(), available.end(), shape) == available.end())
+    detail::bad_setting("--m/--n/--dynamic", "one of the compiled configurations " + model::available_shapes_text(),
+                        shape.label());
+  const auto& c = s.model;
+  if (c.width % s.m != 0)
+    detail::bad_setting("--width", "a multiple of m = " + std::to_string(s.m), std::to_string(c.width));
+  if (c.width % c.heads != 0 || (c.width / c.heads) % 2 != 0)
+    detail::bad_setting("--heads", "a divisor of --width " + std::to_string(c.width) + " with an even head width",
+                        std::to_string(c.heads));
+  if (s.warmup > s.steps)
+    detail::bad_setting("--warmup", "at most --steps = " + std::to_string(s.steps), std::to_string(s.warmup));
+  if (c.vocab != data::vocab_size)
+    detail::bad_setting("vocabulary", std::to_string(data::vocab_size) + " (bytes)", std::to_string(c.vocab));
+}
+
+std::string describe(const settings& s) {
+  using detail::format_double;
+  const auto& c = s.model;
+  std::ostringstream o;
+  o << "model    (m, n) = (" << s.m << "," << s.n << ") " << (s.dynamic ? "dynamic" : "static") << " GHC, D = " << c.width
+    << " (D' = " << s.n * (c.width / s.m) << "), layers " << c.layers << ", heads " << c.heads << ", FFN " << c.ffn()
+    << ", context " << c.context << ", " << (c.lowrank_embedding ? "low-rank" : "direct") << " embedding, MTP "
+    << (c.mtp ? "on (lambda " + format_double(c.mtp_lambda) + ")" : std::string("off")) << "\n";
+  o << "training batch " << s.batch << " x " << c.context << " = " << s.batch * c.context << " tokens/step, " << s.steps
+    << " steps, lr " << format_double(s.lr) << " (" << s.warmup << " warm-up steps, " << optim::name(s.schedule);
+  if (s.schedule == optim::lr_shape::cosine) o << " to " << format_double(s.min_lr_ratio) << " x lr";
+  o << "), AdamW (" << format_double(s.beta1) << ", " << format_double(s.beta2) << ", eps " << format_double(s.adam_eps)
+    << ") weight decay " << format_double(s.weight_decay) << ", clip "
+    << (s.clip > 0 ? format_double(s.clip) : std::string("off")) << ", seed " << s.seed << "\n";
+  o << "eval     every " << (s.eval_every > 0 ? std::to_string(s.eval_every) + " steps" : std::string("run (at the end)"))
+    << " on " << s.eval_batches << " batches of " << s.batch << " (validation fraction " << format_double(s.val_fraction)
+    << ")\n";
+  return o.str();
+}
+
+std::vector<std::string> differences(const settings& checkpoint, const settings& requested) {
+  std::vector<std::string> out;
+  for (const auto& f : setting_fields()) {
+    if (!f.trajectory) continue;
+    const std::string a = f.get(checkpoint), b = f.get(requested);
+    if (a != b) out.push_back(f.flag + ": checkpoint " + a + ", requested " + b);
+  }
+  return out;
+}
+
+}  // namespace vwn::train

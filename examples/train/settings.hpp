@@ -1,0 +1,93 @@
+#pragma once
+/// \file settings.hpp
+/// The settings of a training run and their table: one entry per setting with its checkpoint key,
+/// command-line flag, help text, default and checked text conversion both ways. The command line, the
+/// checkpoint metadata, the resume comparison and the printed configuration all go through the table.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <transformer/model.hpp>
+#include <transformer/optim.hpp>
+
+namespace vwn::train {
+
+/// Every setting of a training run. Fields marked *run* only steer evaluation and checkpointing; all the
+/// others determine the trajectory and must match when a run is resumed.
+struct settings {
+  int m = 2;              ///< GHC shape: backbone blocks `m`
+  int n = 3;              ///< GHC shape: over-width blocks `n`
+  bool dynamic = true;    ///< dynamic (DGHC) or static GHC
+  model::config model{};  ///< sizes; `model.seed` is overwritten with `seed`
+  index_t batch = 8;      ///< sequences per step `B`
+  double lr = 3e-3;       ///< peak learning rate
+  double min_lr_ratio = 0.1;  ///< cosine floor as a fraction of `lr`
+  index_t warmup = 30;    ///< linear warm-up steps
+  index_t steps = 300;    ///< total optimiser steps
+  optim::lr_shape schedule = optim::lr_shape::cosine;  ///< shape after the warm-up
+  double weight_decay = 0.1;  ///< AdamW decoupled weight decay
+  double clip = 1.0;      ///< global gradient-norm clip; 0 disables clipping
+  double beta1 = 0.9;     ///< AdamW first-moment decay
+  double beta2 = 0.95;    ///< AdamW second-moment decay
+  double adam_eps = 1e-8; ///< AdamW epsilon
+  std::uint64_t seed = 1; ///< parameter initialisation and batch order
+  double val_fraction = 0.1;  ///< last part of the corpus held out for validation
+  index_t eval_every = 50;    ///< *run*: evaluate every K steps (0: only at the end)
+  index_t eval_batches = 8;   ///< *run*: validation batches of `B` windows per evaluation
+
+  /// The defaults of `vwn-train`.
+  settings() {
+    model.width = 128;
+    model.layers = 4;
+    model.heads = 4;
+    model.context = 128;
+    model.mtp = true;
+  }
+  /// The model settings with the run's seed.
+  model::config model_config() const {
+    model::config c = model;
+    c.shape = {m, n, dynamic};
+    c.seed = seed;
+    return c;
+  }
+};
+
+/// One setting: checkpoint key (`config.<key>`), command-line flag, help text, whether it determines the
+/// trajectory, and text conversion both ways.
+struct setting_field {
+  std::string key;         ///< checkpoint metadata key without the `config.` prefix
+  std::string flag;        ///< `--key`
+  std::string value_name;  ///< e.g. "N" or "X"; empty for a switch (`--key`, `--key=BOOL`)
+  std::string negation;    ///< the switch's opposite flag (`--static`, `--no-mtp`); empty for none
+  std::string help;        ///< one line of `--help`
+  std::string default_text;  ///< what `--help` shows as the default when not `get(settings())`
+  bool trajectory = true;  ///< whether a resumed run must keep it
+  std::function<std::string(const settings&)> get;        ///< the value as text (read back by `set`)
+  std::function<void(settings&, std::string_view)> set;  ///< throws std::invalid_argument naming the flag
+};
+
+/// All settings, in the order of `--help`.
+const std::vector<setting_field>& setting_fields();
+
+/// The field with this checkpoint key; nullptr when none.
+const setting_field* find_field(std::string_view key);
+
+/// The default `--help` shows for a field.
+std::string default_text(const setting_field& f);
+
+/// Checks a complete set of settings (ranges and the model's consistency rules: `(m, n)` compiled, `D` a
+/// multiple of `m` and of `heads`, even head width, warm-up not longer than the run). Throws
+/// std::invalid_argument naming the setting, what was expected and what was given.
+void validate(const settings& s);
+
+/// Multi-line human-readable summary of the settings.
+std::string describe(const settings& s);
+
+/// Differences between the settings of a checkpoint and those requested, over the fields that determine
+/// the trajectory: "--width: checkpoint 128, requested 64" per entry; empty when they agree.
+std::vector<std::string> differences(const settings& checkpoint, const settings& requested);
+
+}  // namespace vwn::train

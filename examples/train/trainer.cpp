@@ -1,0 +1,122 @@
+#include <train/trainer.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <utility>
+
+namespace vwn::train {
+
+namespace {
+
+const settings& checked(const settings& s) {
+  validate(s);
+  return s;
+}
+
+optim::adamw_config adam(const settings& s) {
+  optim::adamw_config a;
+  a.beta1 = s.beta1, a.beta2 = s.beta2, a.eps = s.adam_eps, a.weight_decay = s.weight_decay;
+  return a;
+}
+
+}  // namespace
+
+trainer::trainer(const settings& s, const data::text_corpus& corpus)
+    : s_(checked(s)),
+      corpus_(&corpus),
+      fingerprint_(corpus_fingerprint(corpus)),
+      model_(model::make_transformer({s.m, s.n, s.dynamic}, s.model_config())),
+      opt_(adam(s)),
+      schedule_(s.lr, s.warmup, s.steps, s.schedule, s.min_lr_ratio),
+      sampler_(corpus.train(), s.batch, s.model.context, s.seed),
+      eval_(data::evaluation_batches(corpus.validation(), s.batch, s.model.context, s.eval_batches)) {
+  s_.model.seed = s.seed;
+  model_->visit([&](const std::string& name, float* p, float* g, index_t size, bool decay) { opt_.add(name, p, g, size, decay); });
+}
+
+trainer trainer::resume(const std::filesystem::path& path, const settings& requested, const data::text_corpus& corpus) {
+  const checkpoint c = read_checkpoint(path);
+  const auto diff = differences(c.config, requested);
+  if (!diff.empty()) {
+    std::string msg = detail::checkpoint_error_prefix(path) + "it was written with different settings:";
+    for (const auto& d : diff) msg += "\n  " + d;
+    throw std::invalid_argument(msg);
+  }
+  const std::string fp = corpus_fingerprint(corpus);
+  if (c.data_bytes != std::uint64_t(corpus.size()) || c.data_fingerprint != fp)
+    throw std::invalid_argument(detail::checkpoint_error_prefix(path) + "it was trained on another corpus: expected " +
+                                std::to_string(c.data_bytes) + " bytes with fingerprint " + c.data_fingerprint + " ('" +
+                                c.data_source + "'), got " + std::to_string(corpus.size()) + " bytes with fingerprint " +
+                                fp + " ('" + corpus.source() + "')");
+  if (c.optimizer_step != std::int64_t(c.step) || c.sampler.batch_index != std::uint64_t(c.step))
+    throw std::runtime_error(detail::checkpoint_error_prefix(path) + "inconsistent counters: step " + std::to_string(c.step) +
+                             ", optimizer_step " + std::to_string(c.optimizer_step) + ", sampler_batch_index " +
+                             std::to_string(c.sampler.batch_index) + " (expected all equal)");
+  settings s = c.config;
+  s.eval_every = requested.eval_every;
+  s.eval_batches = requested.eval_batches;
+  trainer t(s, corpus);
+  std::vector<detail::tensor_target> targets;
+  t.model_->visit([&](const std::string& name, float* p, float*, index_t size, bool) {
+    targets.push_back({"model." + name, p, size});
+  });
+  t.opt_.for_each_state([&](const std::string& name, float* p, index_t size) { targets.push_back({"optim." + name, p, size}); });
+  detail::load_tensors(c, targets);
+  t.opt_.set_step_count(c.optimizer_step);
+  t.sampler_.restore(c.sampler);
+  t.step_ = c.step;
+  t.elapsed_before_ = c.elapsed_seconds;
+  return t;
+}
+
+step_result trainer::train_step() {
+  const auto t0 = std::chrono::steady_clock::now();
+  step_result r;
+  r.lr = schedule_.at(index_t(opt_.step_count()) + 1);
+  sampler_.next(batch_);
+  model_->zero_grad();
+  r.loss = model_->forward(host, batch_.inputs, batch_.targets1, batch_.targets2, s_.model.context);
+  model_->backward(host);
+  r.grad_norm = opt_.clip_grad_norm(s_.clip > 0 ? s_.clip : std::numeric_limits<double>::infinity());
+  opt_.step(r.lr);
+  r.step = ++step_;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  elapsed_ += r.seconds;
+  return r;
+}
+
+evaluation trainer::evaluate() {
+  evaluation e;
+  for (const auto& b : eval_) {
+    const model::losses l = model_->forward(host, b.inputs, b.targets1, b.targets2, s_.model.context);
+    e.next += l.next;
+    e.next2 += l.next2;
+  }
+  e.next /= double(eval_.size());
+  e.next2 /= double(eval_.size());
+  return e;
+}
+
+void trainer::save(const std::filesystem::path& path) const {
+  checkpoint c;
+  c.config = s_;
+  c.step = step_;
+  c.optimizer_step = opt_.step_count();
+  c.sampler = sampler_.state();
+  c.data_bytes = std::uint64_t(corpus_->size());
+  c.data_fingerprint = fingerprint_;
+  c.data_source = corpus_->source();
+  c.elapsed_seconds = elapsed_before_ + elapsed_;
+  c.model_name = model_->name();
+  model_->visit([&](const std::string& name, float* p, float*, index_t size, bool) {
+    c.file.set("model." + name, safetensors::dtype::f32, {std::int64_t(size)}, p);
+  });
+  opt_.for_each_state([&](const std::string& name, const float* p, index_t size) {
+    c.file.set("optim." + name, safetensors::dtype::f32, {std::int64_t(size)}, p);
+  });
+  write_checkpoint(path, std::move(c));
+}
+
+}  // namespace vwn::train

@@ -1,0 +1,109 @@
+#pragma once
+/// \file trainer.hpp
+/// Training loop of the reference transformer as used by the `vwn-train` and `vwn-sample` programs: a
+/// trainer that owns the model, AdamW, the learning-rate schedule and the batch sampler, and resumes from
+/// its checkpoints bit for bit. This is the header the programs include: it brings in the rest of the
+/// vwn_train library, one job per header:
+///   values.hpp        checked parsing and formatting of setting values
+///   settings.hpp      the settings of a run and their table (flags, checkpoint keys, help, checks)
+///   command_line.hpp  the command lines of vwn-train and vwn-sample
+///   checkpoint.hpp    checkpoint files (docs/checkpoint.md)
+///   log.hpp           the CSV log
+///   plot.hpp          the loss plot (gnuplot)
+///   generate.hpp      text generation
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <train/checkpoint.hpp>
+#include <train/command_line.hpp>
+#include <train/generate.hpp>
+#include <train/log.hpp>
+#include <train/plot.hpp>
+#include <train/settings.hpp>
+#include <train/values.hpp>
+#include <transformer/data.hpp>
+#include <transformer/model.hpp>
+#include <transformer/optim.hpp>
+
+namespace vwn::train {
+
+/// Result of one optimiser step.
+struct step_result {
+  index_t step = 0;        ///< steps completed, this one included (1 for the first)
+  double lr = 0;           ///< learning rate used
+  model::losses loss;      ///< training losses of the batch (before the update)
+  double grad_norm = 0;    ///< gradient norm before clipping
+  double seconds = 0;      ///< wall time of the step
+};
+
+/// Validation losses, averaged over the evaluation batches.
+struct evaluation {
+  double next = 0;   ///< next-token cross-entropy (nats)
+  double next2 = 0;  ///< next-2-token cross-entropy (0 without MTP)
+};
+
+/// Owns the model, AdamW, the schedule and the batch sampler of one run on one corpus (which must outlive
+/// the trainer). Deterministic: the same settings and corpus give bit-identical losses and parameters, and a
+/// run resumed from a checkpoint continues exactly as the uninterrupted run would have (with the same thread
+/// count).
+class trainer {
+ public:
+  /// A fresh run. Throws std::invalid_argument for invalid settings, std::runtime_error when the corpus is
+  /// too short for the context.
+  trainer(const settings& s, const data::text_corpus& corpus);
+
+  /// Continues the run saved in `path`. The checkpoint must be valid and its settings must equal
+  /// `requested` on every field that determines the trajectory (std::invalid_argument listing each
+  /// difference otherwise), and `corpus` must be the same corpus (same bytes). Reads only; leaves every
+  /// file untouched.
+  static trainer resume(const std::filesystem::path& path, const settings& requested, const data::text_corpus& corpus);
+
+  /// Moves the run.
+  trainer(trainer&&) = default;
+
+  /// One optimiser step on the next training batch.
+  step_result train_step();
+
+  /// Mean validation losses over the fixed evaluation batches (does not change the training state).
+  evaluation evaluate();
+
+  /// Writes the checkpoint (atomically: a temporary file next to `path`, then a rename; the folder must
+  /// exist). `elapsed_seconds` is informative.
+  void save(const std::filesystem::path& path) const;
+
+  /// Completed steps.
+  index_t steps_done() const { return step_; }
+  /// The settings of the run.
+  const settings& config() const { return s_; }
+  /// The model.
+  model::transformer<float>& model() { return *model_; }
+  /// The optimiser.
+  const optim::adamw<float>& optimizer() const { return opt_; }
+  /// The learning-rate schedule.
+  const optim::lr_schedule& schedule() const { return schedule_; }
+  /// Position of the batch sampler.
+  data::sampler_state sampler_state() const { return sampler_.state(); }
+  /// Training seconds of this run including those before the last resume.
+  double elapsed_seconds() const { return elapsed_before_ + elapsed_; }
+  /// Tokens per training step.
+  index_t tokens_per_step() const { return s_.batch * s_.model.context; }
+
+ private:
+  settings s_;
+  const data::text_corpus* corpus_;
+  std::string fingerprint_;
+  std::unique_ptr<model::transformer<float>> model_;
+  optim::adamw<float> opt_;
+  optim::lr_schedule schedule_;
+  data::batch_sampler sampler_;
+  std::vector<data::batch> eval_;
+  data::batch batch_;
+  index_t step_ = 0;
+  double elapsed_before_ = 0;
+  double elapsed_ = 0;
+};
+
+}  // namespace vwn::train

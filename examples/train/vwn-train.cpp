@@ -1,0 +1,236 @@
+// vwn-train: trains the reference transformer (docs/model.md) on a byte corpus, with a progress bar,
+// periodic validation (next-token and next-2-token losses), a CSV log, resumable safetensors checkpoints
+// (docs/checkpoint.md), a loss plot and a text sample at the end. Run with --help for the options.
+#include <train/trainer.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace train = vwn::train;
+using vwn::index_t;
+
+volatile std::sig_atomic_t stop_requested = 0;
+void on_signal(int) { stop_requested = 1; }
+
+std::string duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const long t = std::lround(s);
+  char buf[32];
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else if (t >= 60)
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lds", t);
+  return buf;
+}
+
+std::string fixed(double x, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, x);
+  return buf;
+}
+
+std::string count(double x) {
+  char buf[32];
+  if (x >= 1e6)
+    std::snprintf(buf, sizeof buf, "%.2fM", x / 1e6);
+  else if (x >= 1e3)
+    std::snprintf(buf, sizeof buf, "%.1fk", x / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.0f", x);
+  return buf;
+}
+
+// Progress on stderr: one line rewritten with \r on a terminal, a plain line every `interval` steps
+// otherwise.
+class progress {
+ public:
+  progress(index_t total, index_t tokens_per_step)
+      : tty_(isatty(fileno(stderr)) != 0), total_(total), tokens_(tokens_per_step),
+        interval_(std::max<index_t>(1, total / 25)) {}
+
+  void update(const train::step_result& r, bool mtp) {
+    ema_ = ema_ < 0 ? r.seconds : 0.9 * ema_ + 0.1 * r.seconds;
+    const double tps = double(tokens_) / ema_;
+    const double eta = double(total_ - r.step) * ema_;
+    std::string line = "step " + std::to_string(r.step) + "/" + std::to_string(total_);
+    if (tty_) {
+      const int width = 20, done = int(double(width) * double(r.step) / double(std::max<index_t>(1, total_)));
+      line += " [" + std::string(std::size_t(std::min(done, width)), '#') + std::string(std::size_t(width - std::min(done, width)), '.') + "]";
+    }
+    line += " loss " + fixed(r.loss.total, 4);
+    if (mtp) line += " (next " + fixed(r.loss.next, 3) + ", next2 " + fixed(r.loss.next2, 3) + ")";
+    line += " | lr " + train::detail::format_double(std::round(r.lr * 1e7) / 1e7) + " | " + count(tps) + " tok/s | ETA " +
+            duration(eta);
+    if (tty_) {
+      std::fprintf(stderr, "\r%s\x1b[K", line.c_str());
+      std::fflush(stderr);
+      open_ = true;
+    } else if (r.step % interval_ == 0 || r.step == total_ || r.step == 1) {
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+  }
+
+  // A line of its own (evaluation results, notices).
+  void message(const std::string& text) {
+    if (open_) std::fprintf(stderr, "\r\x1b[K");
+    std::fprintf(stderr, "%s\n", text.c_str());
+    open_ = false;
+  }
+
+  void finish() {
+    if (open_) std::fprintf(stderr, "\n");
+    open_ = false;
+  }
+
+ private:
+  bool tty_;
+  index_t total_, tokens_, interval_;
+  double ema_ = -1;
+  bool open_ = false;
+};
+
+std::string eval_text(const train::evaluation& e, bool mtp) {
+  std::string s = "val next-token " + fixed(e.next, 4) + " nats (" + fixed(e.next / std::log(2.0), 3) + " bits/byte)";
+  if (mtp) s += ", next-2-token " + fixed(e.next2, 4) + " nats";
+  return s;
+}
+
+int run(int argc, char** argv) {
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  const train::command_line cl = train::parse_command_line(args);
+  if (cl.run.help) {
+    std::cout << train::train_help();
+    return 0;
+  }
+  const train::run_options& opt = cl.run;
+
+  // Settings: defaults, or the checkpoint's, then the flags given.
+  const train::settings s = train::requested_settings(cl);
+
+#ifdef _OPENMP
+  if (opt.threads > 0) omp_set_num_threads(opt.threads);
+  const int threads = omp_get_max_threads();
+#else
+  const int threads = 1;
+#endif
+
+  std::error_code ec;
+  if (!fs::exists(opt.data, ec)) {
+    if (!opt.data_given)
+      throw std::runtime_error("the default corpus " + opt.data.string() +
+                               " is missing: run scripts/get-brown.sh to fetch the Brown corpus, or pass --data PATH");
+    throw std::runtime_error("--data: expected an existing file or folder, got '" + opt.data.string() + "'");
+  }
+  const vwn::data::text_corpus corpus = vwn::data::text_corpus::load(opt.data, s.model.context, s.val_fraction);
+
+  const fs::path checkpoint_path = opt.out / "checkpoint.safetensors";
+  if (!opt.resume && !opt.overwrite && fs::exists(checkpoint_path, ec))
+    throw std::runtime_error(checkpoint_path.string() + " already exists: continue that run with --resume " +
+                             checkpoint_path.string() + ", or start afresh with --overwrite or another --out");
+
+  // Everything is checked before anything is written.
+  train::trainer t = opt.resume ? train::trainer::resume(*opt.resume, s, corpus) : train::trainer(s, corpus);
+  const bool mtp = s.model.mtp;
+
+  std::cout << "vwn-train: " << t.model().name() << ", " << count(double(t.model().parameter_count()))
+            << " parameters, " << threads << " thread" << (threads == 1 ? "" : "s") << "\n"
+            << train::describe(s) << "data     " << corpus.source() << ": " << corpus.size() << " bytes (train "
+            << corpus.train().size() << ", validation " << corpus.validation().size() << ")\n"
+            << "output   " << opt.out.string() << "/ (log.csv, checkpoint.safetensors, loss.png)\n";
+  if (opt.resume)
+    std::cout << "resume   " << opt.resume->string() << " at step " << t.steps_done() << " of " << s.steps << "\n";
+  std::cout << std::flush;
+
+  fs::create_directories(opt.out);
+  train::csv_log log(opt.out / "log.csv", opt.resume ? std::optional<index_t>(t.steps_done()) : std::nullopt);
+
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+
+  progress bar(s.steps, t.tokens_per_step());
+  std::optional<train::evaluation> last_eval;
+  index_t last_eval_step = -1;
+  while (t.steps_done() < s.steps && !stop_requested) {
+    const train::step_result r = t.train_step();
+    train::log_row row;
+    row.step = r.step, row.lr = r.lr, row.loss = r.loss.total, row.next = r.loss.next;
+    if (mtp) row.next2 = r.loss.next2;
+    row.tokens_per_s = double(t.tokens_per_step()) / r.seconds;
+    const bool eval_due = (s.eval_every > 0 && r.step % s.eval_every == 0) || r.step == s.steps;
+    if (eval_due) {
+      last_eval = t.evaluate();
+      last_eval_step = r.step;
+      row.val_next = last_eval->next;
+      if (mtp) row.val_next2 = last_eval->next2;
+    }
+    row.elapsed_s = t.elapsed_seconds();
+    log.append(row);
+    bar.update(r, mtp);
+    if (eval_due) bar.message("step " + std::to_string(r.step) + ": " + eval_text(*last_eval, mtp));
+    const bool save_due = (opt.save_every > 0 ? r.step % opt.save_every == 0 : eval_due) || r.step == s.steps;
+    if (save_due) t.save(checkpoint_path);
+  }
+  bar.finish();
+  if (stop_requested) {
+    t.save(checkpoint_path);
+    std::cout << "interrupted after step " << t.steps_done() << ": saved " << checkpoint_path.string()
+              << "; continue with --resume " << checkpoint_path.string() << "\n";
+    return 130;
+  }
+  if (last_eval_step != t.steps_done()) last_eval = t.evaluate();  // e.g. resumed from a finished run
+
+  std::cout << "\ntrained " << t.steps_done() << " steps in " << duration(t.elapsed_seconds()) << "\n"
+            << "validation after step " << t.steps_done() << ": " << eval_text(*last_eval, mtp) << "\n"
+            << "checkpoint: " << checkpoint_path.string() << "\n";
+
+  const fs::path png = opt.out / "loss.png";
+  const std::string plot_problem = train::plot_losses(train::csv_log::read(opt.out / "log.csv"), png, t.model().name());
+  if (plot_problem.empty())
+    std::cout << "loss plot: " << png.string() << "\n";
+  else
+    std::cout << "loss plot skipped: " << plot_problem << "\n";
+
+  if (opt.sample_bytes > 0) {
+    train::sample_options so;
+    so.tokens = opt.sample_bytes;
+    so.seed = s.seed;
+    const std::string prompt = "The ";
+    const std::string text = prompt + train::generate(t.model(), prompt, so);
+    std::cout << "sample (temperature " << train::detail::format_double(so.temperature) << ", top-k " << so.top_k
+              << ", prompt \"" << prompt << "\"):\n"
+              << train::printable(text) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cout << std::flush;
+    std::cerr << "vwn-train: error: " << e.what() << "\n";
+    return 1;
+  }
+}

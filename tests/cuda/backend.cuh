@@ -1,0 +1,134 @@
+#pragma once
+// The device back end as seen by the primitive test bodies (tests/primitives/*_body.hpp), with the members of the
+// host back end (tests/support/backend.hpp): module types, moving double matrices in (rounded to the storage S)
+// and out, poisoned outputs, the policy, the reason to skip where no GPU is present, and the tolerances.
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include <vwn/cuda.hpp>
+
+#include <support/backend.hpp>
+
+namespace vwn_test {
+
+// Why no device test can run here, or "" when a device is present.
+inline std::string no_device_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    static_cast<void>(cudaGetLastError());
+    return std::string("no CUDA device (cudaGetDeviceCount: ") + cudaGetErrorName(e) + ", " + cudaGetErrorString(e) +
+           "): device test skipped";
+  }
+  if (n == 0) return "no CUDA device (cudaGetDeviceCount returned 0): device test skipped";
+  return "";
+}
+
+// The device back end with activations stored as S (float or bf16); parameters and gradients are float.
+template <class S>
+struct device_backend {
+  using storage = S;
+  template <int M, int N, bool Dynamic>
+  using ghc = vwn::cuda::basic_ghc<M, N, S, Dynamic>;
+  template <int M, int N>
+  using overwidth_embedding = vwn::cuda::overwidth_embedding<M, N, S>;
+  template <int M, int N>
+  using lowrank_overwidth_embedding = vwn::cuda::lowrank_overwidth_embedding<M, N, S>;
+  template <int M, int N>
+  using reduce_head = vwn::cuda::reduce_head<M, N, S>;
+  template <int M, int N>
+  using mtp_mixer = vwn::cuda::mtp_mixer<M, N, S>;
+  using tensor = vwn::cuda::device_matrix<S>;
+
+  static std::string name() { return "device_" + vwn::cuda::detail::storage_info<S>::name(); }
+  static constexpr vwn::cuda::device_t policy() { return vwn::cuda::device; }
+  static std::string skip_reason() { return no_device_reason(); }
+  static void synchronize() { vwn::cuda::device.synchronize(); }
+
+  static double round(double x) { return double(vwn::cuda::to_float(vwn::cuda::from_float<S>(float(x)))); }
+  static tensor upload(const vwn::matrix<double>& h) {
+    tensor d(h.rows(), h.cols());
+    vwn::cuda::upload<S>(vwn::cuda::device, h, d);
+    return d;
+  }
+  static vwn::matrix<double> download(const tensor& d) {
+    vwn::matrix<double> h;
+    vwn::cuda::download<S>(vwn::cuda::device, d, h);
+    return h;
+  }
+  static tensor poisoned(index_t rows, index_t cols) {
+    tensor d(rows, cols);
+    vwn::cuda::poison<S>(vwn::cuda::device, d);
+    return d;
+  }
+
+  // The parameters of a host module in double (converted to float).
+  template <class Module, class Host>
+  static void set_parameters(Module& m, Host& host) {
+    const auto p = vwn::cuda::device;
+    if constexpr (requires { m.dE; }) {
+      vwn::cuda::upload<float>(p, host.params.E, m.E);
+    } else if constexpr (requires { m.dE_base; }) {
+      vwn::cuda::upload<float>(p, host.params.E_base, m.E_base);
+      vwn::cuda::upload<float>(p, host.params.W_expand, m.W_expand);
+    } else if constexpr (requires { m.dW_mix; }) {
+      vwn::cuda::upload<float>(p, host.params.W_mix, m.W_mix);
+    } else if constexpr (requires { m.params.upload(p, host.params); }) {  // GHC
+      m.params.upload(p, host.params);
+    } else {  // reduce head: tensor by tensor, in visit order
+      std::vector<std::vector<double>> values;
+      host.params.visit([&](std::string_view, double* data, index_t size, bool) { values.emplace_back(data, data + size); });
+      std::size_t i = 0;
+      m.params.visit([&](std::string_view, float* d, index_t size, bool) {
+        vwn::cuda::upload_floats(p, values.at(i++).data(), size, d);
+      });
+    }
+  }
+
+  // Every parameter gradient as a dense `1 x size` row, by name.
+  template <class Module>
+  static named_tensors gradients(Module& m) {
+    const auto p = vwn::cuda::device;
+    named_tensors out;
+    auto dense = [&](const char* name, const vwn::cuda::device_matrix<float>& d) {
+      vwn::matrix<double> h;
+      vwn::cuda::download<float>(p, d, h);
+      out.emplace_back(name, flat(h));
+    };
+    if constexpr (requires { m.dE; }) {
+      dense("E", m.dE);
+    } else if constexpr (requires { m.dE_base; }) {
+      dense("E_base", m.dE_base);
+      dense("W_expand", m.dW_expand);
+    } else if constexpr (requires { m.dW_mix; }) {
+      dense("W_mix", m.dW_mix);
+    } else {  // GHC and reduce head: device tensors in visit order
+      m.grads.visit([&](std::string_view name, float* d, index_t size, bool) {
+        vwn::matrix<double> row(1, size);
+        vwn::cuda::download_floats(p, d, size, row.data());
+        out.emplace_back(std::string(name), row);
+      });
+    }
+    return out;
+  }
+
+  // Whether the storage rounds the values a module keeps between its steps (bf16 does, to 8 significant bits).
+  static constexpr bool rounds_storage = !std::is_same_v<S, float>;
+  // Outputs stored as S, computed in float from inputs both sides share:
+  //  float: sums of at most a few thousand products in float; the error grows like sqrt(L) 2^-24 (about 1e-6
+  //         relative for L ~ 10^4), so 1e-4 leaves a margin of about 100;
+  //  bf16:  one final rounding to 8 significant bits (at most 2^-8 relative) on top of that; 2^-7 leaves 2x.
+  static constexpr tolerance output_tolerance =
+      std::is_same_v<S, float> ? tolerance{1e-5, 1e-4} : tolerance{1e-4, 1.0 / 128};
+  // Parameter gradients are float whatever the storage (the inputs are the same rounded values on both sides): sums
+  // over T db products per entry, in per-block partials then a second pass; error about L 2^-24 relative to the sum
+  // of |terms|, which random signs make sqrt(L) times the result: about 1e-5 at L = 10^4; 5e-4 leaves a margin of 50.
+  static constexpr tolerance gradient_tolerance{1e-5, 5e-4};
+};
+
+}  // namespace vwn_test

@@ -1,0 +1,113 @@
+# Checks the layering of the tree (docs/architecture.md): every #include of the library, the device back end and the
+# end-to-end example is resolved to a layer, and a layer may include only itself and the layers listed for it
+# below. Also checks that the library (include/vwn) never includes a CUDA header. Prints the include graph between
+# layers and fails, naming file, line and include, on any include that runs upward or sideways.
+#
+#   cmake -DVWN_SOURCE_DIR=<repository root> -P tests/layers/check_layers.cmake
+
+cmake_minimum_required(VERSION 3.24)
+
+if(NOT VWN_SOURCE_DIR)
+  message(FATAL_ERROR "check_layers.cmake: VWN_SOURCE_DIR is required")
+endif()
+
+# Layer of a path relative to the repository root ("" when it is not one of the checked layers).
+function(vwn_layer_of path out)
+  set(layer "")
+  if(path MATCHES "^include/vwn/core/")
+    set(layer core)
+  elseif(path MATCHES "^include/vwn/math/")
+    set(layer math)
+  elseif(path MATCHES "^include/vwn/detail/")
+    set(layer detail)
+  elseif(path MATCHES "^include/vwn/[^/]+$")
+    set(layer host)
+  elseif(path MATCHES "^cuda/include/vwn/")
+    set(layer cuda)
+  elseif(path MATCHES "^examples/io/")
+    set(layer io)
+  elseif(path MATCHES "^examples/transformer/")
+    set(layer transformer)
+  elseif(path MATCHES "^examples/train/")
+    set(layer train)
+  elseif(path MATCHES "^examples/[^/]+$")
+    set(layer programs)
+  endif()
+  set(${out} "${layer}" PARENT_SCOPE)
+endfunction()
+
+# What each layer may include besides itself (the standard library, Eigen, nlohmann-json, CLI11, the CUDA toolkit
+# and GoogleTest are outside every layer and not checked here, except CUDA headers in the library).
+set(allowed_core "")
+set(allowed_math "core")
+set(allowed_detail "core")
+set(allowed_host "core;math;detail")
+set(allowed_cuda "core;math;detail;host")
+set(allowed_io "")
+set(allowed_transformer "core;math;detail;host")
+set(allowed_train "core;math;detail;host;transformer;io")
+set(allowed_programs "core;math;detail;host")
+
+file(GLOB_RECURSE files RELATIVE ${VWN_SOURCE_DIR}
+     ${VWN_SOURCE_DIR}/include/*.hpp ${VWN_SOURCE_DIR}/include/*.in
+     ${VWN_SOURCE_DIR}/cuda/include/*.hpp ${VWN_SOURCE_DIR}/cuda/include/*.cuh
+     ${VWN_SOURCE_DIR}/examples/*.hpp ${VWN_SOURCE_DIR}/examples/*.cpp ${VWN_SOURCE_DIR}/examples/*.in)
+list(SORT files)
+
+set(errors 0)
+set(edges "")
+foreach(file IN LISTS files)
+  vwn_layer_of("${file}" from)
+  if(from STREQUAL "")
+    continue()
+  endif()
+  get_filename_component(dir "${file}" DIRECTORY)
+  file(STRINGS ${VWN_SOURCE_DIR}/${file} lines REGEX "^[ \t]*#[ \t]*include")
+  foreach(line IN LISTS lines)
+    if(NOT line MATCHES "#[ \t]*include[ \t]*([<\"])([^>\"]+)[>\"]")
+      continue()
+    endif()
+    set(quote "${CMAKE_MATCH_1}")
+    set(target "${CMAKE_MATCH_2}")
+    # Resolve to a repository path.
+    set(resolved "")
+    if(quote STREQUAL "\"")
+      get_filename_component(resolved "${dir}/${target}" ABSOLUTE BASE_DIR "${VWN_SOURCE_DIR}")
+      file(RELATIVE_PATH resolved "${VWN_SOURCE_DIR}" "${resolved}")
+    elseif(target MATCHES "^vwn/cuda")
+      set(resolved "cuda/include/${target}")
+    elseif(target MATCHES "^vwn/")
+      set(resolved "include/${target}")
+    elseif(target MATCHES "^(transformer|io|train)/")
+      set(resolved "examples/${target}")
+    endif()
+    if(from MATCHES "^(core|math|detail|host)$" AND target MATCHES "^(cuda|cublas|cub/|thrust/|vwn/cuda)")
+      message(SEND_ERROR "${file}: '${line}': the library includes a CUDA header")
+      math(EXPR errors "${errors} + 1")
+    endif()
+    if(resolved STREQUAL "")
+      continue()
+    endif()
+    vwn_layer_of("${resolved}" to)
+    if(to STREQUAL "" OR to STREQUAL from)
+      continue()
+    endif()
+    list(APPEND edges "${from} -> ${to}")
+    if(NOT to IN_LIST allowed_${from})
+      message(SEND_ERROR "${file}: '${line}': layer ${from} may not include layer ${to} (allowed: ${allowed_${from}})")
+      math(EXPR errors "${errors} + 1")
+    endif()
+  endforeach()
+endforeach()
+
+# The graph, one edge per line.
+set(graph "")
+list(REMOVE_DUPLICATES edges)
+foreach(edge IN LISTS edges)
+  set(graph "${graph}\n  ${edge}")
+endforeach()
+message(STATUS "layers: include graph (from -> to) of ${VWN_SOURCE_DIR}:${graph}")
+if(errors GREATER 0)
+  message(FATAL_ERROR "layers: ${errors} include(s) break the layering of docs/architecture.md")
+endif()
+message(STATUS "layers: every include runs down the layers")

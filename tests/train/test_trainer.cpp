@@ -1,0 +1,688 @@
+// Tests for the run-time choice of the width shape (examples/transformer/width.hpp, model.hpp) and for the
+// vwn_train library (examples/train/: settings and the command lines of vwn-train and vwn-sample, checkpoints
+// and resume, log, sampling).
+#include <train/trainer.hpp>
+
+#include <gtest/gtest.h>
+
+#include <support/common.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace train = vwn::train;
+namespace model = vwn::model;
+namespace data = vwn::data;
+using vwn::index_t;
+
+using vwn_test::error_of;
+
+// A fresh, empty folder under the system temp folder, removed at the end of the test.
+struct temp_dir {
+  fs::path path;
+  temp_dir() {
+    std::random_device rd;
+    path = fs::temp_directory_path() / ("vwn_trainer_test_" + std::to_string(rd()) + std::to_string(rd()));
+    fs::create_directories(path);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void dump(const fs::path& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << bytes;
+}
+
+std::set<std::string> listing(const fs::path& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
+// Deterministic English-like text of about `bytes` bytes.
+std::string text(std::size_t bytes, std::uint64_t seed = 7) {
+  static const char* const words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to",
+                                      "house", "of", "light", "is", "in", "blue", "river", "went", "home", "it"};
+  std::mt19937_64 g(seed);
+  std::string s;
+  while (s.size() < bytes) {
+    s += words[g() % 20];
+    s += (g() % 9 == 0) ? ".\n" : " ";
+  }
+  s.resize(bytes);
+  return s;
+}
+
+// A tiny run: one block, D = 32, T = 16, B = 2.
+train::settings tiny(int m, int n, bool dynamic, bool mtp, bool lowrank = false) {
+  train::settings s;
+  s.m = m, s.n = n, s.dynamic = dynamic;
+  s.model.width = 32;
+  s.model.layers = 1;
+  s.model.heads = 2;
+  s.model.context = 16;
+  s.model.mtp = mtp;
+  s.model.lowrank_embedding = lowrank;
+  s.batch = 2;
+  s.lr = 1e-2;
+  s.warmup = 3;
+  s.steps = 12;
+  s.eval_every = 4;
+  s.eval_batches = 2;
+  s.seed = 11;
+  return s;
+}
+
+// Every parameter and optimiser moment as raw bytes, in visit order.
+std::string state_bytes(train::trainer& t) {
+  std::string out;
+  t.model().visit([&](const std::string& name, float* p, float*, index_t size, bool) {
+    out += name;
+    out.append(reinterpret_cast<const char*>(p), std::size_t(size) * sizeof(float));
+  });
+  t.optimizer().for_each_state([&](const std::string& name, const float* p, index_t size) {
+    out += name;
+    out.append(reinterpret_cast<const char*>(p), std::size_t(size) * sizeof(float));
+  });
+  return out;
+}
+
+bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// ---------------------------------------------------------------------------------------------------------
+// Registry
+// ---------------------------------------------------------------------------------------------------------
+
+TEST(TrainerRegistry, RejectsAnUnknownShapeListingTheAvailableOnes) {
+  model::config c;
+  c.width = 30;  // a multiple of m = 3
+  c.heads = 3;   // head width 10: only the shape is wrong
+  const std::string msg = error_of<std::invalid_argument>([&] { (void)model::make_transformer({3, 5, false}, c); });
+  EXPECT_NE(msg.find("(3,5) static"), std::string::npos) << msg;
+  for (const vwn::shape_id s : vwn::compiled_shapes)
+    EXPECT_NE(msg.find(s.name()), std::string::npos) << s.name() << " missing from: " << msg;
+  EXPECT_NE(msg.find("static or dynamic"), std::string::npos) << msg;
+}
+
+TEST(TrainerRegistry, EveryListedConfigurationBuildsAndRuns) {
+  const auto shapes = model::available_shapes();
+  EXPECT_EQ(shapes.size(), 2 * vwn::compiled_shapes.size());
+  std::vector<std::int32_t> x(8), y(8);
+  for (int i = 0; i < 8; ++i) x[std::size_t(i)] = 40 + i, y[std::size_t(i)] = 41 + i;
+  for (const auto& shape : shapes) {
+    SCOPED_TRACE(shape.label());
+    model::config c;
+    c.width = 32, c.layers = 1, c.heads = 2, c.context = 8, c.mtp = true;
+    auto m = model::make_transformer(shape, c);
+    EXPECT_EQ(m->shape(), shape);
+    EXPECT_EQ(m->name(), "vwn::model::transformer<" + std::to_string(shape.m) + "," + std::to_string(shape.n) +
+                             (shape.dynamic ? ",dynamic>" : ",static>"));
+    EXPECT_EQ(m->wide_width(), shape.n * (32 / shape.m));
+    const model::losses l = m->forward(vwn::host, x, y, y, 8);
+    EXPECT_TRUE(std::isfinite(l.total));
+    EXPECT_NEAR(l.next, std::log(256.0), 0.5);  // near uniform at initialisation
+    m->backward(vwn::host);
+  }
+}
+
+TEST(TrainerRegistry, NextLogitsAgreeWithTheLossAndLeaveTheModelAlone) {
+  model::config c;
+  c.width = 32, c.layers = 2, c.heads = 2, c.context = 12, c.mtp = true, c.seed = 5;
+  auto m = model::make_transformer({2, 3, true}, c);
+  // Move away from the initialisation so that the logits are far from uniform.
+  m->visit([](const std::string&, float* p, float*, index_t size, bool) {
+    for (index_t i = 0; i < size; ++i) p[i] += 0.05f * std::sin(float(i) * 0.37f);
+  });
+  const std::vector<std::int32_t> tokens = {84, 104, 101, 32, 99, 97, 116, 32, 115, 97};
+  const index_t T = index_t(tokens.size());
+  m->zero_grad();
+  const std::vector<float> logits = m->next_logits(tokens);
+  ASSERT_EQ(logits.size(), 256u);
+  m->visit([](const std::string& name, float*, float* g, index_t size, bool) {
+    for (index_t i = 0; i < size; ++i) ASSERT_EQ(g[i], 0.0f) << name;
+  });
+  // The mean next-token loss changes with the last target y by -logit(y) / T (the log-sum-exp cancels).
+  std::vector<std::int32_t> next(tokens.begin() + 1, tokens.end()), next2(std::size_t(T), 0);
+  next.push_back(0);
+  auto loss_with_last = [&](std::int32_t y) {
+    next.back() = y;
+    return m->forward(vwn::host, tokens, next, next2, T).next;
+  };
+  double spread = 0;
+  for (std::int32_t y : {1, 32, 97, 101, 200}) {
+    const double diff = (loss_with_last(0) - loss_with_last(y)) * double(T);  // logit(y) - logit(0)
+    EXPECT_NEAR(double(logits[std::size_t(y)] - logits[0]), diff, 2e-4 + 1e-3 * std::abs(diff)) << "y = " << y;
+    spread = std::max(spread, std::abs(diff));
+  }
+  EXPECT_GT(spread, 0.01);
+  // The same logits as the last row of the model's own forward (with its MTP head).
+  (void)loss_with_last(0);
+  const vwn::matrix<float>& z = m->logits();
+  ASSERT_EQ(z.rows(), T);
+  for (index_t v = 0; v < 256; ++v) EXPECT_NEAR(z(T - 1, v), logits[std::size_t(v)], 1e-5f) << "v = " << v;
+  // Only the last `context` tokens matter.
+  std::vector<std::int32_t> longer = {1, 2, 3, 4, 5};
+  longer.insert(longer.end(), tokens.begin(), tokens.end());
+  std::vector<std::int32_t> window(longer.end() - c.context, longer.end());
+  EXPECT_EQ(m->next_logits(longer), m->next_logits(window));
+  EXPECT_THROW((void)m->next_logits({}), std::invalid_argument);
+  EXPECT_THROW((void)m->next_logits(std::vector<std::int32_t>{300}), std::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Settings and command line
+// ---------------------------------------------------------------------------------------------------------
+
+TEST(TrainerCli, ParsesEverySettingFlag) {
+  const std::vector<std::string> args = {
+      "--m", "4", "--n=8", "--static", "--width", "64", "--layers", "3", "--heads", "2", "--ffn", "96",
+      "--context", "32", "--batch", "5", "--lowrank", "--no-mtp", "--mtp-lambda", "0.5", "--lr", "0.002",
+      "--min-lr-ratio", "0.05", "--warmup", "7", "--steps", "70", "--schedule", "constant", "--weight-decay", "0.01",
+      "--clip", "0", "--seed", "99", "--val-fraction", "0.2", "--eval-every", "10", "--eval-batches", "3",
+      "--data", "corpus/", "--out", "runs/a", "--threads", "2", "--save-every", "20", "--sample", "0", "--overwrite"};
+  const train::command_line cl = train::parse_command_line(args);
+  train::settings s;
+  train::apply(s, cl.assignments);
+  EXPECT_EQ(s.m, 4);
+  EXPECT_EQ(s.n, 8);
+  EXPECT_FALSE(s.dynamic);
+  EXPECT_EQ(s.model.width, 64);
+  EXPECT_EQ(s.model.layers, 3);
+  EXPECT_EQ(s.model.heads, 2);
+  EXPECT_EQ(s.model.ffn(), 96);
+  EXPECT_EQ(s.model.context, 32);
+  EXPECT_EQ(s.batch, 5);
+  EXPECT_TRUE(s.model.lowrank_embedding);
+  EXPECT_FALSE(s.model.mtp);
+  EXPECT_EQ(s.model.mtp_lambda, 0.5);
+  EXPECT_EQ(s.lr, 0.002);
+  EXPECT_EQ(s.min_lr_ratio, 0.05);
+  EXPECT_EQ(s.warmup, 7);
+  EXPECT_EQ(s.steps, 70);
+  EXPECT_EQ(s.schedule, vwn::optim::lr_shape::constant);
+  EXPECT_EQ(s.weight_decay, 0.01);
+  EXPECT_EQ(s.clip, 0.0);
+  EXPECT_EQ(s.seed, 99u);
+  EXPECT_EQ(s.val_fraction, 0.2);
+  EXPECT_EQ(s.eval_every, 10);
+  EXPECT_EQ(s.eval_batches, 3);
+  EXPECT_EQ(cl.run.data, fs::path("corpus/"));
+  EXPECT_TRUE(cl.run.data_given);
+  EXPECT_EQ(cl.run.out, fs::path("runs/a"));
+  EXPECT_EQ(cl.run.threads, 2);
+  EXPECT_EQ(cl.run.save_every, 20);
+  EXPECT_EQ(cl.run.sample_bytes, 0);
+  EXPECT_TRUE(cl.run.overwrite);
+  EXPECT_FALSE(cl.run.resume.has_value());
+  EXPECT_NO_THROW(train::validate(s));
+}
+
+TEST(TrainerCli, InlineAndSeparateValuesAgreeAndALaterFlagWins) {
+  auto parsed = [](std::vector<std::string> args) {
+    train::settings s;
+    train::apply(s, train::parse_command_line(args).assignments);
+    return s;
+  };
+  const train::settings a = parsed({"--width", "64", "--lr=0.5", "--mtp=false", "--dynamic=0"});
+  const train::settings b = parsed({"--width=64", "--lr", "0.5", "--no-mtp", "--static"});
+  EXPECT_TRUE(train::differences(a, b).empty());
+  EXPECT_EQ(a.model.width, 64);
+  EXPECT_EQ(a.lr, 0.5);
+  EXPECT_FALSE(a.model.mtp);
+  EXPECT_FALSE(a.dynamic);
+  // In command-line order, the last one counts, for values and for switch pairs alike.
+  const train::settings c = parsed({"--width", "64", "--no-mtp", "--static", "--width=96", "--mtp", "--dynamic=yes",
+                                    "--no-lowrank", "--lowrank=on"});
+  EXPECT_EQ(c.model.width, 96);
+  EXPECT_TRUE(c.model.mtp);
+  EXPECT_TRUE(c.dynamic);
+  EXPECT_TRUE(c.model.lowrank_embedding);
+  // A value is the next argument whatever it looks like; `--flag=` is the empty value.
+  EXPECT_EQ(train::parse_command_line(std::vector<std::string>{"--data", "--weird-name"}).run.data, fs::path("--weird-name"));
+  EXPECT_EQ(train::parse_command_line(std::vector<std::string>{"--data=-x", "--resume", "-"}).run.resume, fs::path("-"));
+  // Nothing given: the defaults, no settings assigned.
+  const train::command_line none = train::parse_command_line(std::vector<std::string>{});
+  EXPECT_TRUE(none.assignments.empty());
+  EXPECT_FALSE(none.run.data_given);
+  EXPECT_FALSE(none.run.help);
+  EXPECT_EQ(none.run.out, fs::path("out"));
+  EXPECT_EQ(none.run.sample_bytes, 320);
+  EXPECT_TRUE(train::parse_command_line(std::vector<std::string>{"-h"}).run.help);
+  EXPECT_TRUE(train::parse_command_line(std::vector<std::string>{"--steps", "3", "--help"}).run.help);
+  EXPECT_TRUE(train::parse_command_line(std::vector<std::string>{"--help=x"}).run.help);
+  EXPECT_TRUE(train::parse_command_line(std::vector<std::string>{"--overwrite"}).run.overwrite);
+}
+
+TEST(TrainerCli, MoreBadArgumentsAreReportedInOurWords) {
+  auto parse_error = [](std::vector<std::string> args) {
+    return error_of<std::invalid_argument>([&] { (void)train::parse_command_line(args); });
+  };
+  EXPECT_EQ(parse_error({"--lr=-1"}), "--lr: expected a number >= 0, got '-1'");
+  EXPECT_EQ(parse_error({"--steps", "--width", "3"}), "--steps: expected a positive integer, got '--width'");
+  EXPECT_EQ(parse_error({"--steps="}), "--steps: expected a positive integer, got ''");
+  EXPECT_EQ(parse_error({"--steps=", "5"}), "--steps: expected a positive integer, got ''");
+  EXPECT_EQ(parse_error({"--width", "64", "--lr"}), "--lr: expected a value, got the end of the command line");
+  EXPECT_EQ(parse_error({"--out="}), "--out: expected a folder, got ''");
+  EXPECT_EQ(parse_error({"--out", ""}), "--out: expected a folder, got ''");
+  EXPECT_EQ(parse_error({"--threads", "-1"}), "--threads: expected an integer >= 0 (0: the default), got '-1'");
+  EXPECT_EQ(parse_error({"--sample", "2000000"}), "--sample: expected an integer in [0, 1048576], got '2000000'");
+  EXPECT_EQ(parse_error({"--save-every", "x"}), "--save-every: expected an integer >= 0, got 'x'");
+  EXPECT_EQ(parse_error({"--seed", "-3"}), "--seed: expected an integer in [0, 2^64), got '-3'");
+  EXPECT_EQ(parse_error({"--m", "0"}), "--m: expected a positive integer, got '0'");
+  EXPECT_EQ(parse_error({"--eval-every", "-1"}), "--eval-every: expected an integer >= 0, got '-1'");
+  EXPECT_EQ(parse_error({"--dynamic=maybe"}), "--dynamic: expected true or false, got 'maybe'");
+  EXPECT_EQ(parse_error({"--no-mtp=false"}), "--no-mtp: expected no value, got 'false'");
+  EXPECT_EQ(parse_error({"--no-lowrank=1"}), "--no-lowrank: expected no value, got '1'");
+  EXPECT_EQ(parse_error({"--overwrite=no"}), "--overwrite: expected no value, got 'no'");
+  EXPECT_EQ(parse_error({"--overwrite="}), "--overwrite: expected no value, got ''");
+  EXPECT_EQ(parse_error({"--static=true"}), "--static: expected no value, got 'true'");
+  EXPECT_EQ(parse_error({"--mtp="}), "--mtp: expected true or false, got ''");
+  EXPECT_EQ(parse_error({"--lowrank={}"}), "--lowrank: expected true or false, got '{}'");
+  EXPECT_EQ(parse_error({"--frobnicate=3"}), "unknown option '--frobnicate=3' (try --help)");
+  EXPECT_EQ(parse_error({"--steps", "5", "stray"}), "unknown option 'stray' (try --help)");
+  EXPECT_EQ(parse_error({"-x"}), "unknown option '-x' (try --help)");
+  EXPECT_EQ(parse_error({"--", "--steps", "5"}), "unknown option '--' (try --help)");
+  EXPECT_EQ(parse_error({"--Width", "5"}), "unknown option '--Width' (try --help)");
+}
+
+TEST(TrainerCli, HelpListsEverySettingWithItsDefaultAndTheCompiledShapes) {
+  const std::string help = train::train_help();
+  const train::settings d;
+  for (const train::setting_field& f : train::setting_fields()) {
+    SCOPED_TRACE(f.flag);
+    const std::size_t at = help.find("\n  " + f.flag + " ");
+    ASSERT_NE(at, std::string::npos) << help;
+    const std::string line = help.substr(at + 1, help.find('\n', at + 1) - at - 1);
+    EXPECT_NE(line.find(f.help), std::string::npos) << line;
+    const std::string def = f.key == "ffn" ? "0 = 8/3 D" : f.key == "dynamic" ? "dynamic" : f.get(d);
+    EXPECT_NE(line.find(" [" + def + "]"), std::string::npos) << line;
+    if (!f.negation.empty()) {
+      EXPECT_NE(line.find("| " + f.negation), std::string::npos) << line;
+    }
+  }
+  EXPECT_NE(help.find("  --width N "), std::string::npos) << help;
+  EXPECT_NE(help.find("[128]"), std::string::npos) << help;
+  for (const char* run_flag : {"--data PATH", "--out DIR", "--resume CHECKPOINT", "--threads N", "--save-every K",
+                               "--sample N", "--overwrite", "  -h, --help "})
+    EXPECT_NE(help.find(run_flag), std::string::npos) << run_flag << " missing from:\n" << help;
+  EXPECT_NE(help.find("[data/brown.txt"), std::string::npos) << help;
+  EXPECT_NE(help.find("[320]"), std::string::npos) << help;
+  EXPECT_NE(help.find(model::available_shapes_text()), std::string::npos) << help;
+  EXPECT_EQ(help.rfind("usage: vwn-train", 0), 0u) << help;
+
+  const std::string sample = train::sample_help();
+  for (const char* flag : {"--checkpoint PATH", "--prompt TEXT", "--tokens N", "--temperature T", "--top-k K",
+                           "--seed S", "  -h, --help ", "[400]", "[0.8]", "[40]"})
+    EXPECT_NE(sample.find(flag), std::string::npos) << flag << " missing from:\n" << sample;
+}
+
+TEST(TrainerCli, SampleCommandLine) {
+  auto parse = [](std::vector<std::string> args) { return train::parse_sample_command_line(args); };
+  const train::sample_command_line d = parse({"--checkpoint", "c.safetensors"});
+  EXPECT_EQ(d.checkpoint, fs::path("c.safetensors"));
+  EXPECT_EQ(d.prompt, "The ");
+  EXPECT_EQ(d.sampling.tokens, 400);
+  EXPECT_EQ(d.sampling.temperature, 0.8);
+  EXPECT_EQ(d.sampling.top_k, 40);
+  EXPECT_EQ(d.sampling.seed, 1u);
+  EXPECT_FALSE(d.help);
+  const train::sample_command_line a = parse({"--prompt=-- hi", "--checkpoint=x", "--tokens", "7", "--temperature=0",
+                                              "--top-k", "0", "--seed", "18446744073709551615"});
+  EXPECT_EQ(a.checkpoint, fs::path("x"));
+  EXPECT_EQ(a.prompt, "-- hi");
+  EXPECT_EQ(a.sampling.tokens, 7);
+  EXPECT_EQ(a.sampling.temperature, 0.0);
+  EXPECT_EQ(a.sampling.top_k, 0);
+  EXPECT_EQ(a.sampling.seed, 18446744073709551615ull);
+  EXPECT_EQ(parse({"--checkpoint", "x", "--prompt="}).prompt, "");
+  EXPECT_EQ(parse({"--checkpoint", "x", "--prompt", ""}).prompt, "");
+  EXPECT_EQ(parse({"--checkpoint", "x", "--prompt", "-n"}).prompt, "-n");
+  EXPECT_EQ(parse({"--checkpoint", "x", "--prompt", "{}"}).prompt, "{}");
+  EXPECT_EQ(parse({"--checkpoint", "x", "--prompt", "[a,b]"}).prompt, "[a,b]");
+  EXPECT_EQ(parse({"--prompt", "--checkpoint", "--checkpoint", "y"}).prompt, "--checkpoint");
+  EXPECT_EQ(parse({"--prompt", "--tokens=", "--checkpoint", "y"}).prompt, "--tokens=");
+  EXPECT_TRUE(parse({"--help"}).help);  // no --checkpoint needed
+
+  auto parse_error = [&](std::vector<std::string> args) {
+    return error_of<std::invalid_argument>([&] { (void)parse(args); });
+  };
+  EXPECT_EQ(parse_error({}), "--checkpoint: expected a checkpoint path, got none (try --help)");
+  EXPECT_EQ(parse_error({"--checkpoint", "x", "--tokens", "abc"}), "--tokens: expected an integer in [0, 16777216], got 'abc'");
+  EXPECT_EQ(parse_error({"--checkpoint", "x", "--temperature=-1"}), "--temperature: expected a number >= 0, got '-1'");
+  EXPECT_EQ(parse_error({"--checkpoint", "x", "--top-k", "-1"}), "--top-k: expected an integer >= 0, got '-1'");
+  EXPECT_EQ(parse_error({"--checkpoint", "x", "--seed", "1.5"}), "--seed: expected an integer in [0, 2^64), got '1.5'");
+  EXPECT_EQ(parse_error({"--checkpoint"}), "--checkpoint: expected a value, got the end of the command line");
+  EXPECT_EQ(parse_error({"--checkpoint", "x", "--width", "3"}), "unknown option '--width' (try --help)");
+}
+
+TEST(TrainerCli, BadValuesNameTheFlagTheExpectationAndTheValue) {
+  auto parse_error = [](std::vector<std::string> args) {
+    return error_of<std::invalid_argument>([&] { (void)train::parse_command_line(args); });
+  };
+  EXPECT_EQ(parse_error({"--width", "abc"}), "--width: expected a positive integer, got 'abc'");
+  EXPECT_EQ(parse_error({"--width", "0"}), "--width: expected a positive integer, got '0'");
+  EXPECT_EQ(parse_error({"--lr", "-1"}), "--lr: expected a number >= 0, got '-1'");
+  EXPECT_EQ(parse_error({"--val-fraction", "1.5"}), "--val-fraction: expected a number in (0, 1), got '1.5'");
+  EXPECT_EQ(parse_error({"--schedule", "linear"}), "--schedule: expected cosine or constant, got 'linear'");
+  EXPECT_EQ(parse_error({"--mtp=maybe"}), "--mtp: expected true or false, got 'maybe'");
+  EXPECT_EQ(parse_error({"--steps"}), "--steps: expected a value, got the end of the command line");
+  EXPECT_EQ(parse_error({"--frobnicate", "3"}), "unknown option '--frobnicate' (try --help)");
+  EXPECT_EQ(parse_error({"--static=yes"}), "--static: expected no value, got 'yes'");
+
+  train::settings s;
+  s.m = 3, s.n = 5;
+  std::string msg = error_of<std::invalid_argument>([&] { train::validate(s); });
+  EXPECT_NE(msg.find("(8,64)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("got (3,5) dynamic"), std::string::npos) << msg;
+  s = train::settings();
+  s.m = 4, s.n = 8, s.model.width = 30, s.model.heads = 3;
+  EXPECT_EQ(error_of<std::invalid_argument>([&] { train::validate(s); }),
+            "--width: expected a multiple of m = 4, got 30");
+  s = train::settings();
+  s.warmup = 500, s.steps = 100;
+  EXPECT_EQ(error_of<std::invalid_argument>([&] { train::validate(s); }),
+            "--warmup: expected at most --steps = 100, got 500");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Training
+// ---------------------------------------------------------------------------------------------------------
+
+TEST(TrainerOverfit, TinyModelLearnsOneFixedBatch) {
+  // The training split is exactly one window of T + 2 bytes, so every batch is the same.
+  train::settings s = tiny(2, 3, true, true);
+  s.model.context = 24;
+  s.batch = 2;
+  s.steps = 300;
+  s.warmup = 10;
+  s.lr = 1e-2;
+  s.schedule = vwn::optim::lr_shape::constant;
+  s.weight_decay = 0;
+  const std::string window = "the cat sat on the mat.\nab";  // 26 bytes = T + 2
+  ASSERT_EQ(window.size(), 26u);
+  const data::text_corpus corpus = data::text_corpus::from_bytes(window + window, 24, 0.5);
+  ASSERT_EQ(corpus.train().size(), 26u);
+  train::trainer t(s, corpus);
+  train::step_result first, last;
+  for (index_t i = 0; i < s.steps; ++i) {
+    last = t.train_step();
+    if (i == 0) first = last;
+  }
+  EXPECT_GT(first.loss.next, 5.0);
+  EXPECT_LT(last.loss.next, 0.05) << "next-token loss after " << s.steps << " steps";
+  EXPECT_LT(last.loss.next2, 0.05) << "next-2-token loss after " << s.steps << " steps";
+  EXPECT_EQ(t.steps_done(), 300);
+}
+
+// Trains `s` for s.steps steps, saving a checkpoint after step k and evaluating every eval_every steps;
+// then resumes from the checkpoint and checks that every later loss and the final state are bit-identical.
+void check_resume_is_exact(const train::settings& s, index_t k) {
+  temp_dir dir;
+  const data::text_corpus corpus = data::text_corpus::from_bytes(text(6000), s.model.context, 0.2);
+  const fs::path ck = dir.path / "checkpoint.safetensors";
+
+  train::trainer a(s, corpus);
+  std::vector<train::step_result> ref;
+  std::vector<train::evaluation> ref_eval;
+  while (a.steps_done() < s.steps) {
+    ref.push_back(a.train_step());
+    if (a.steps_done() % s.eval_every == 0) ref_eval.push_back(a.evaluate());
+    if (a.steps_done() == k) a.save(ck);
+  }
+  EXPECT_EQ(listing(dir.path), std::set<std::string>{"checkpoint.safetensors"});  // no temporary file left
+
+  const train::checkpoint c = train::read_checkpoint(ck);
+  EXPECT_EQ(c.step, k);
+  EXPECT_EQ(c.optimizer_step, k);
+  EXPECT_EQ(c.sampler, (data::sampler_state{s.seed, std::uint64_t(k)}));
+  EXPECT_TRUE(train::differences(c.config, s).empty());
+  EXPECT_EQ(c.model_name, a.model().name());
+
+  train::trainer b = train::trainer::resume(ck, s, corpus);
+  EXPECT_EQ(b.steps_done(), k);
+  std::size_t e = std::size_t(k / s.eval_every);
+  for (index_t i = k; i < s.steps; ++i) {
+    const train::step_result r = b.train_step();
+    const train::step_result& want = ref[std::size_t(i)];
+    EXPECT_EQ(r.step, want.step);
+    EXPECT_TRUE(same_bits(r.lr, want.lr)) << "step " << r.step;
+    EXPECT_TRUE(same_bits(r.loss.total, want.loss.total)) << "step " << r.step << ": " << r.loss.total << " vs " << want.loss.total;
+    EXPECT_TRUE(same_bits(r.loss.next, want.loss.next)) << "step " << r.step;
+    EXPECT_TRUE(same_bits(r.loss.next2, want.loss.next2)) << "step " << r.step;
+    EXPECT_TRUE(same_bits(r.grad_norm, want.grad_norm)) << "step " << r.step;
+    if (r.step % s.eval_every == 0) {
+      const train::evaluation ev = b.evaluate();
+      EXPECT_TRUE(same_bits(ev.next, ref_eval[e].next)) << "evaluation at step " << r.step;
+      EXPECT_TRUE(same_bits(ev.next2, ref_eval[e].next2)) << "evaluation at step " << r.step;
+      ++e;
+    }
+  }
+  EXPECT_EQ(b.sampler_state(), a.sampler_state());
+  EXPECT_EQ(b.optimizer().step_count(), a.optimizer().step_count());
+  EXPECT_TRUE(state_bytes(a) == state_bytes(b)) << "parameters or optimiser moments differ after the resumed run";
+  if (s.model.mtp) {
+    EXPECT_GT(ref.back().loss.next2, 0.0);
+  }
+  EXPECT_LT(ref.back().loss.next, ref.front().loss.next);
+}
+
+TEST(TrainerCheckpoint, ResumeContinuesBitForBitDynamicMtpLowRank) {
+  check_resume_is_exact(tiny(2, 3, true, true, true), 5);
+}
+
+TEST(TrainerCheckpoint, ResumeContinuesBitForBitStaticPlain) {
+  train::settings s = tiny(1, 2, false, false);
+  s.schedule = vwn::optim::lr_shape::constant;
+  s.clip = 0;
+  check_resume_is_exact(s, 8);
+}
+
+TEST(TrainerCheckpoint, SavedModelSamplesLikeTheTrainedOne) {
+  temp_dir dir;
+  const train::settings s = tiny(4, 8, true, true);
+  const data::text_corpus corpus = data::text_corpus::from_bytes(text(4000), s.model.context, 0.2);
+  train::trainer t(s, corpus);
+  for (int i = 0; i < 4; ++i) (void)t.train_step();
+  t.save(dir.path / "c.safetensors");
+  auto m = train::load_model(train::read_checkpoint(dir.path / "c.safetensors"));
+  train::sample_options o;
+  o.tokens = 12;
+  const std::string a = train::generate(t.model(), "the ", o), b = train::generate(*m, "the ", o);
+  EXPECT_EQ(a.size(), 12u);
+  EXPECT_EQ(a, b);
+  o.seed = 2;
+  EXPECT_EQ(train::generate(*m, "the ", o).size(), 12u);
+  o.temperature = 0;  // greedy: the most likely byte every time
+  const std::string g = train::generate(*m, "the ", o);
+  const std::vector<float> logits = m->next_logits(std::vector<std::int32_t>{'t', 'h', 'e', ' '});
+  EXPECT_EQ(static_cast<unsigned char>(g[0]), std::max_element(logits.begin(), logits.end()) - logits.begin());
+  EXPECT_EQ(train::printable(std::string("a\\b\tc\n\x01\xff", 8)), "a\\\\b\\tc\n\\x01\\xff");
+}
+
+// A saved checkpoint in a folder with a second file, for the error tests.
+struct saved_run {
+  temp_dir dir;
+  train::settings s = tiny(2, 4, true, true);
+  data::text_corpus corpus = data::text_corpus::from_bytes(text(4000), 16, 0.2);
+  fs::path ck = dir.path / "checkpoint.safetensors";
+  std::string bytes;
+  saved_run() {
+    train::trainer t(s, corpus);
+    for (int i = 0; i < 3; ++i) (void)t.train_step();
+    t.save(ck);
+    bytes = slurp(ck);
+    dump(dir.path / "log.csv", "step\n");
+  }
+};
+
+TEST(TrainerCheckpoint, TruncatedCheckpointIsRejectedAndLeftUntouched) {
+  saved_run run;
+  for (std::size_t keep : {std::size_t(0), std::size_t(5), std::size_t(100), run.bytes.size() / 2, run.bytes.size() - 1}) {
+    SCOPED_TRACE("truncated to " + std::to_string(keep) + " bytes");
+    const std::string cut = run.bytes.substr(0, keep);
+    dump(run.ck, cut);
+    const auto before = listing(run.dir.path);
+    const std::string msg = error_of<std::runtime_error>([&] { (void)train::trainer::resume(run.ck, run.s, run.corpus); });
+    EXPECT_NE(msg.find("cannot use checkpoint '" + run.ck.string() + "'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("truncated or corrupted"), std::string::npos) << msg;
+    EXPECT_EQ(slurp(run.ck), cut);
+    EXPECT_EQ(listing(run.dir.path), before);
+    EXPECT_EQ(slurp(run.dir.path / "log.csv"), "step\n");
+  }
+}
+
+TEST(TrainerCheckpoint, CorruptedCheckpointIsRejectedAndLeftUntouched) {
+  saved_run run;
+  // A flipped bit in the data section still parses: the checksum catches it.
+  std::string bad = run.bytes;
+  bad[bad.size() - 3] = char(bad[bad.size() - 3] ^ 0x10);
+  dump(run.ck, bad);
+  std::string msg = error_of<std::runtime_error>([&] { (void)train::trainer::resume(run.ck, run.s, run.corpus); });
+  EXPECT_NE(msg.find("checksum mismatch"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("corrupted"), std::string::npos) << msg;
+  EXPECT_EQ(slurp(run.ck), bad);
+  // So does a changed metadata value.
+  bad = run.bytes;
+  const auto pos = bad.find("\"step\":\"3\"");
+  ASSERT_NE(pos, std::string::npos);
+  bad[pos + 8] = '4';
+  dump(run.ck, bad);
+  msg = error_of<std::runtime_error>([&] { (void)train::read_checkpoint(run.ck); });
+  EXPECT_NE(msg.find("checksum mismatch"), std::string::npos) << msg;
+  // A broken header is reported by the reader.
+  bad = run.bytes;
+  bad[8] = '[';
+  dump(run.ck, bad);
+  msg = error_of<std::runtime_error>([&] { (void)train::trainer::resume(run.ck, run.s, run.corpus); });
+  EXPECT_NE(msg.find("cannot use checkpoint"), std::string::npos) << msg;
+  EXPECT_EQ(slurp(run.ck), bad);
+  // Not a checkpoint at all.
+  vwn::safetensors::file other;
+  other.metadata["format"] = "something else";
+  other.write(run.dir.path / "other.safetensors");
+  msg = error_of<std::runtime_error>([&] { (void)train::read_checkpoint(run.dir.path / "other.safetensors"); });
+  EXPECT_NE(msg.find("not a vwn-train checkpoint"), std::string::npos) << msg;
+  msg = error_of<std::runtime_error>([&] { (void)train::read_checkpoint(run.dir.path / "missing.safetensors"); });
+  EXPECT_NE(msg.find("cannot open"), std::string::npos) << msg;
+}
+
+TEST(TrainerCheckpoint, MismatchedSettingsOrCorpusAreRejectedAndTheCheckpointLeftUntouched) {
+  saved_run run;
+  const auto before = listing(run.dir.path);
+  train::settings other = run.s;
+  other.model.width = 64;
+  other.lr = 5e-3;
+  std::string msg = error_of<std::invalid_argument>([&] { (void)train::trainer::resume(run.ck, other, run.corpus); });
+  EXPECT_NE(msg.find("different settings"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--width: checkpoint 32, requested 64"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--lr: checkpoint 0.01, requested 0.005"), std::string::npos) << msg;
+  other = run.s;
+  other.dynamic = false;
+  msg = error_of<std::invalid_argument>([&] { (void)train::trainer::resume(run.ck, other, run.corpus); });
+  EXPECT_NE(msg.find("--dynamic: checkpoint true, requested false"), std::string::npos) << msg;
+  // Evaluation settings may change.
+  other = run.s;
+  other.eval_every = 1;
+  other.eval_batches = 1;
+  EXPECT_NO_THROW((void)train::trainer::resume(run.ck, other, run.corpus));
+  // Another corpus.
+  const data::text_corpus corpus2 = data::text_corpus::from_bytes(text(4000, 8), 16, 0.2);
+  msg = error_of<std::invalid_argument>([&] { (void)train::trainer::resume(run.ck, run.s, corpus2); });
+  EXPECT_NE(msg.find("another corpus"), std::string::npos) << msg;
+  EXPECT_EQ(slurp(run.ck), run.bytes);
+  EXPECT_EQ(listing(run.dir.path), before);
+}
+
+TEST(TrainerCheckpoint, SettingsGivenOnTheCommandLineApplyOnTopOfTheCheckpointsOnResume) {
+  saved_run run;
+  const std::string ck = run.ck.string();
+  auto requested = [&](std::vector<std::string> args) {
+    return train::requested_settings(train::parse_command_line(args));
+  };
+  // Without --resume: the defaults with the flags given.
+  train::settings s = requested({"--eval-every", "1"});
+  EXPECT_EQ(s.model.width, train::settings().model.width);
+  EXPECT_EQ(s.eval_every, 1);
+  // With --resume: the checkpoint's settings (not the defaults), with the flags given on top.
+  s = requested({"--eval-every", "1", "--resume", ck, "--eval-batches=1"});
+  EXPECT_TRUE(train::differences(s, run.s).empty());
+  EXPECT_EQ(s.model.width, 32);
+  EXPECT_EQ(s.eval_every, 1);
+  EXPECT_EQ(s.eval_batches, 1);
+  train::trainer t = train::trainer::resume(run.ck, s, run.corpus);
+  EXPECT_EQ(t.steps_done(), 3);
+  EXPECT_EQ(t.config().eval_every, 1);
+  // A setting of the trajectory given on the command line must match the checkpoint's.
+  s = requested({"--resume", ck, "--lr", "0.5", "--width=64"});
+  EXPECT_EQ(s.model.layers, run.s.model.layers);
+  const std::string msg = error_of<std::invalid_argument>([&] { (void)train::trainer::resume(run.ck, s, run.corpus); });
+  EXPECT_NE(msg.find("--lr: checkpoint 0.01, requested 0.5"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--width: checkpoint 32, requested 64"), std::string::npos) << msg;
+  // The combination is validated.
+  EXPECT_EQ(error_of<std::invalid_argument>([&] { (void)requested({"--resume", ck, "--warmup", "100"}); }),
+            "--warmup: expected at most --steps = 12, got 100");
+  EXPECT_EQ(slurp(run.ck), run.bytes);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Log
+// ---------------------------------------------------------------------------------------------------------
+
+TEST(TrainerLog, AppendsOneRowPerStepAndDropsRowsPastTheResumedStep) {
+  temp_dir dir;
+  const fs::path p = dir.path / "log.csv";
+  {
+    train::csv_log log(p, std::nullopt);
+    for (index_t i = 1; i <= 5; ++i) {
+      train::log_row r;
+      r.step = i, r.lr = 1e-3, r.loss = 3.0 - 0.1 * double(i), r.next = 2.5, r.next2 = 2.9, r.tokens_per_s = 1000;
+      if (i % 2 == 0) r.val_next = 2.6, r.val_next2 = 3.1;
+      r.elapsed_s = double(i);
+      log.append(r);
+    }
+  }
+  std::string content = slurp(p);
+  EXPECT_EQ(content.substr(0, content.find('\n')), train::csv_log::header);
+  EXPECT_NE(content.find("\n2,0.001,2.800000,2.500000,2.900000,2.600000,3.100000,1000.0,2.000\n"), std::string::npos) << content;
+  EXPECT_NE(content.find("\n3,0.001,2.700000,2.500000,2.900000,,,1000.0,3.000\n"), std::string::npos) << content;
+  dump(p, content + "6,0.001,2.4");  // a crash in the middle of a line
+  {
+    train::csv_log log(p, index_t(3));
+    train::log_row r;
+    r.step = 4, r.lr = 1e-3, r.loss = 1, r.next = 1;
+    log.append(r);
+  }
+  const auto rows = train::csv_log::read(p);
+  ASSERT_EQ(rows.size(), 4u);
+  for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(rows[i].step, index_t(i + 1));
+  EXPECT_TRUE(rows[1].val_next.has_value());
+  EXPECT_FALSE(rows[2].val_next.has_value());
+  EXPECT_FALSE(rows[3].next2.has_value());
+  EXPECT_EQ(listing(dir.path), std::set<std::string>{"log.csv"});
+  {
+    train::csv_log fresh(p, std::nullopt);  // a fresh run starts a new log
+  }
+  EXPECT_EQ(slurp(p), std::string(train::csv_log::header) + "\n");
+}
+
+}  // namespace

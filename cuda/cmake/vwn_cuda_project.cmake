@@ -4,12 +4,15 @@ include_guard(DIRECTORY)
 
 find_package(CUDAToolkit REQUIRED)
 
-# Architectures: CMAKE_CUDA_ARCHITECTURES (or CUDAARCHS) when the user gave it, else sm_80 and sm_90.
+# Architectures: CMAKE_CUDA_ARCHITECTURES (or CUDAARCHS) when the user gave it, else 80: sm_80 code plus
+# compute_80 PTX, which the driver compiles at load time for newer GPUs (sm_90: H100, H200). One architecture
+# halves the device compile of the tests; benchmarks are built for the GPU they run on
+# (scripts/gpu-check.sh passes its compute capability; by hand: -DCMAKE_CUDA_ARCHITECTURES=native).
 # CMake fills CMAKE_CUDA_ARCHITECTURES with the compiler's default (help string "CUDA architectures")
 # when nobody gave one; that default is replaced here.
 get_property(_vwn_arch_help CACHE CMAKE_CUDA_ARCHITECTURES PROPERTY HELPSTRING)
 if(NOT DEFINED ENV{CUDAARCHS} AND (NOT CMAKE_CUDA_ARCHITECTURES OR _vwn_arch_help STREQUAL "CUDA architectures"))
-  set(VWN_CUDA_ARCHITECTURES 80 90)
+  set(VWN_CUDA_ARCHITECTURES 80)
 else()
   set(VWN_CUDA_ARCHITECTURES ${CMAKE_CUDA_ARCHITECTURES})
 endif()

@@ -10,6 +10,12 @@ cmake_minimum_required(VERSION 3.24)
 if(NOT VWN_SOURCE_DIR)
   message(FATAL_ERROR "check_layers.cmake: VWN_SOURCE_DIR is required")
 endif()
+# A relative root is taken from the working directory (script mode resolves nothing by itself).
+get_filename_component(VWN_SOURCE_DIR "${VWN_SOURCE_DIR}" ABSOLUTE BASE_DIR "${CMAKE_CURRENT_BINARY_DIR}")
+if(NOT EXISTS "${VWN_SOURCE_DIR}/include/vwn/vwn.hpp")
+  message(FATAL_ERROR "check_layers.cmake: expected the repository root in VWN_SOURCE_DIR, got '${VWN_SOURCE_DIR}' "
+                      "(no include/vwn/vwn.hpp there)")
+endif()
 
 # Layer of a path relative to the repository root ("" when it is not one of the checked layers).
 function(vwn_layer_of path out)
@@ -53,6 +59,9 @@ file(GLOB_RECURSE files RELATIVE ${VWN_SOURCE_DIR}
      ${VWN_SOURCE_DIR}/cuda/include/*.hpp ${VWN_SOURCE_DIR}/cuda/include/*.cuh
      ${VWN_SOURCE_DIR}/examples/*.hpp ${VWN_SOURCE_DIR}/examples/*.cpp ${VWN_SOURCE_DIR}/examples/*.in)
 list(SORT files)
+if(NOT files)
+  message(FATAL_ERROR "check_layers.cmake: no headers or sources found under ${VWN_SOURCE_DIR}")
+endif()
 
 set(errors 0)
 set(edges "")

@@ -473,6 +473,43 @@ inline std::string random_hex_suffix() {
 
 }  // namespace detail
 
+/// Thrown by `file::read` when the path cannot be opened as a safetensors file at all: missing, a directory, not a
+/// regular file (a FIFO, a device, a socket: never opened, so reading cannot block), or not readable. Every
+/// problem with the content of an opened file is a plain std::runtime_error.
+class open_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+
+/// What kind of file `type` is, for error messages.
+inline std::string_view file_kind(std::filesystem::file_type type) {
+  switch (type) {
+    case std::filesystem::file_type::directory: return "a directory";
+    case std::filesystem::file_type::fifo: return "a FIFO";
+    case std::filesystem::file_type::socket: return "a socket";
+    case std::filesystem::file_type::block: return "a block device";
+    case std::filesystem::file_type::character: return "a character device";
+    case std::filesystem::file_type::symlink: return "a symbolic link";
+    default: return "not a regular file";
+  }
+}
+
+/// Throws open_error unless `path` is an existing regular file (after following symbolic links).
+inline void expect_regular_file(const std::filesystem::path& path, const std::string& where) {
+  std::error_code ec;
+  const std::filesystem::file_status st = std::filesystem::status(path, ec);
+  if (st.type() == std::filesystem::file_type::not_found) throw open_error(where + "no such file");
+  if (ec) throw open_error(where + "cannot open the file for reading: " + ec.message());
+  if (st.type() == std::filesystem::file_type::directory)
+    throw open_error(where + "is a directory, expected a safetensors file");
+  if (st.type() != std::filesystem::file_type::regular)
+    throw open_error(where + "is " + std::string(file_kind(st.type())) + ", expected a regular safetensors file");
+}
+
+}  // namespace detail
+
 /// A set of named tensors plus string metadata, as stored in one safetensors file.
 class file {
  public:
@@ -482,8 +519,9 @@ class file {
   /// Reads and fully validates a safetensors file; throws std::runtime_error describing the problem.
   static file read(const std::filesystem::path& path) {
     const std::string where = detail::file_prefix(path);
+    detail::expect_regular_file(path, where);
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error(where + "cannot open the file for reading");
+    if (!in) throw open_error(where + "cannot open the file for reading");
     in.seekg(0, std::ios::end);
     const std::streamoff end = in.tellg();
     in.seekg(0, std::ios::beg);

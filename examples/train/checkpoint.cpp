@@ -93,6 +93,8 @@ checkpoint read_checkpoint(const fs::path& path) {
   c.path = path;
   try {
     c.file = safetensors::file::read(path);
+  } catch (const safetensors::open_error& e) {
+    throw std::runtime_error(where + e.what());
   } catch (const std::exception& e) {
     throw std::runtime_error(where + e.what() + " (truncated or corrupted file?)");
   }

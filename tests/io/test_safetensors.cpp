@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <bit>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +18,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <sys/stat.h>
 
 namespace {
 
@@ -348,7 +351,7 @@ TEST_F(Safetensors, MissingTensorNameListsAvailableNames) {
 }
 
 TEST_F(Safetensors, RejectsMissingAndTruncatedFiles) {
-  expect_read_error(dir / "does_not_exist.safetensors", {"cannot open"});
+  expect_read_error(dir / "does_not_exist.safetensors", {"no such file"});
 
   const fs::path tiny = dir / "tiny.safetensors";
   write_raw(tiny, std::string("\x10\x00\x00", 3));
@@ -368,6 +371,25 @@ TEST_F(Safetensors, RejectsMissingAndTruncatedFiles) {
   const fs::path cut = dir / "cut.safetensors";
   write_raw(cut, raw.substr(0, raw.size() - 8));
   expect_read_error(cut, {"'H'", "beyond the end of the data section", "72"});
+}
+
+TEST_F(Safetensors, OpensOnlyRegularFiles) {
+  const fs::path folder = dir / "folder.safetensors";
+  fs::create_directory(folder);
+  EXPECT_THROW((void)st::file::read(folder), st::open_error);
+  expect_read_error(folder, {"is a directory", "expected a safetensors file"});
+  EXPECT_THROW((void)st::file::read(dir / "missing.safetensors"), st::open_error);
+  // A FIFO with no writer would block an open for reading forever: it must be refused without being opened.
+  const fs::path fifo = dir / "fifo.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  EXPECT_THROW((void)st::file::read(fifo), st::open_error);
+  expect_read_error(fifo, {"is a FIFO", "expected a regular safetensors file"});
+  // A symbolic link to a regular file is read like the file.
+  st::file f;
+  f.set("x", Eigen::MatrixXd::Ones(2, 2));
+  f.write(dir / "target.safetensors");
+  fs::create_symlink(dir / "target.safetensors", dir / "link.safetensors");
+  EXPECT_EQ(st::file::read(dir / "link.safetensors").names(), f.names());
 }
 
 TEST_F(Safetensors, RejectsHeaderLengthBeyondFile) {

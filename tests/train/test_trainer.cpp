@@ -7,6 +7,7 @@
 
 #include <support/common.hpp>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -17,7 +18,10 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <sys/stat.h>
 
 namespace {
 
@@ -551,6 +555,28 @@ TEST(TrainerCheckpoint, TruncatedCheckpointIsRejectedAndLeftUntouched) {
   }
 }
 
+TEST(TrainerCheckpoint, OnlyRegularFilesAreOpenedAsCheckpoints) {
+  saved_run run;
+  const fs::path folder = run.dir.path / "folder.safetensors";
+  fs::create_directory(folder);
+  const fs::path fifo = run.dir.path / "fifo.safetensors";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  const std::pair<fs::path, std::string> cases[] = {
+      {run.dir.path / "missing.safetensors", "no such file"},
+      {folder, "is a directory"},
+      {fifo, "is a FIFO"},  // refused without opening it: an open for reading would wait for a writer forever
+  };
+  for (const auto& [path, what] : cases) {
+    SCOPED_TRACE(path.string());
+    const std::string msg = error_of<std::runtime_error>([&] { (void)train::trainer::resume(path, run.s, run.corpus); });
+    EXPECT_NE(msg.find("cannot use checkpoint '" + path.string() + "'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(what), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("truncated or corrupted"), std::string::npos) << msg;
+    const std::string read_msg = error_of<std::runtime_error>([&] { (void)train::read_checkpoint(path); });
+    EXPECT_NE(read_msg.find(what), std::string::npos) << read_msg;
+  }
+}
+
 TEST(TrainerCheckpoint, CorruptedCheckpointIsRejectedAndLeftUntouched) {
   saved_run run;
   // A flipped bit in the data section still parses: the checksum catches it.
@@ -583,7 +609,7 @@ TEST(TrainerCheckpoint, CorruptedCheckpointIsRejectedAndLeftUntouched) {
   msg = error_of<std::runtime_error>([&] { (void)train::read_checkpoint(run.dir.path / "other.safetensors"); });
   EXPECT_NE(msg.find("not a vwn-train checkpoint"), std::string::npos) << msg;
   msg = error_of<std::runtime_error>([&] { (void)train::read_checkpoint(run.dir.path / "missing.safetensors"); });
-  EXPECT_NE(msg.find("cannot open"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("no such file"), std::string::npos) << msg;
 }
 
 TEST(TrainerCheckpoint, MismatchedSettingsOrCorpusAreRejectedAndTheCheckpointLeftUntouched) {

@@ -1,5 +1,6 @@
 #include <train/checkpoint.hpp>
 
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <stdexcept>
@@ -66,6 +67,13 @@ namespace detail {
 
 std::string checkpoint_error_prefix(const fs::path& p) { return "cannot use checkpoint '" + p.string() + "': "; }
 
+std::vector<tensor_target> checkpoint_targets(model::transformer<float>& model, optim::adamw<float>& opt) {
+  std::vector<tensor_target> targets;
+  model.visit([&](const std::string& name, float* p, float*, index_t size, bool) { targets.push_back({"model." + name, p, size}); });
+  opt.for_each_state([&](const std::string& name, float* p, index_t size) { targets.push_back({"optim." + name, p, size}); });
+  return targets;
+}
+
 void load_tensors(const checkpoint& c, const std::vector<tensor_target>& targets) {
   const std::string where = checkpoint_error_prefix(c.path);
   std::map<std::string, bool> expected;
@@ -81,6 +89,19 @@ void load_tensors(const checkpoint& c, const std::vector<tensor_target>& targets
   }
   for (const std::string& name : c.file.names())
     if (!expected.count(name)) throw std::runtime_error(where + "unexpected tensor '" + name + "' (another model?)");
+  // A run that diverged must not be continued or sampled from as if it had not: a checksum only says the file
+  // holds what was written.
+  for (const auto& t : targets) {
+    const auto& bytes = c.file.at(t.name).bytes;
+    for (index_t i = 0; i < t.size; ++i) {
+      float x;
+      std::memcpy(&x, bytes.data() + std::size_t(i) * sizeof(float), sizeof(float));
+      if (!std::isfinite(x))
+        throw std::runtime_error(where + "tensor '" + t.name + "' holds " + (std::isnan(x) ? "NaN" : "an infinity") +
+                                 " at element " + std::to_string(i) + " of " + std::to_string(t.size) +
+                                 ": expected finite values (the run had diverged when this checkpoint was written)");
+    }
+  }
   for (const auto& t : targets)
     if (t.size > 0) std::memcpy(t.data, c.file.at(t.name).bytes.data(), std::size_t(t.size) * sizeof(float));
 }
@@ -128,6 +149,9 @@ checkpoint read_checkpoint(const fs::path& path) {
                             : 0.0;
     c.model_name = md.count("model") ? md.at("model") : "";
     validate(c.config);
+    if (c.step > c.config.steps)
+      throw std::invalid_argument("step " + std::to_string(c.step) + " is beyond config.steps " +
+                                  std::to_string(c.config.steps) + ": expected a step between 0 and the run's length");
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(where + "bad metadata: " + e.what());
   }
@@ -157,19 +181,11 @@ void write_checkpoint(const fs::path& path, checkpoint c) {
 
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c) {
   auto m = model::make_transformer({c.config.m, c.config.n, c.config.dynamic}, c.config.model_config());
-  std::vector<detail::tensor_target> targets;
-  m->visit([&](const std::string& name, float* p, float*, index_t size, bool) { targets.push_back({"model." + name, p, size}); });
-  // Only the model's tensors are needed here: the optimiser's are neither checked nor loaded.
-  const std::string where = detail::checkpoint_error_prefix(c.path);
-  for (const auto& t : targets) {
-    if (!c.file.contains(t.name)) throw std::runtime_error(where + "tensor '" + t.name + "' is missing");
-    const auto& st = c.file.at(t.name);
-    if (st.type != safetensors::dtype::f32 || st.shape != std::vector<std::int64_t>{t.size})
-      throw std::runtime_error(where + "tensor '" + t.name + "': expected F32 of shape [" + std::to_string(t.size) + "], got " +
-                               std::string(safetensors::name(st.type)) + " " + safetensors::detail::shape_string(st.shape));
-  }
-  for (const auto& t : targets)
-    if (t.size > 0) std::memcpy(t.data, c.file.at(t.name).bytes.data(), std::size_t(t.size) * sizeof(float));
+  // The optimiser's moments are checked and read like a resume does (so both programs accept exactly the same
+  // files), into a state that is then dropped.
+  optim::adamw<float> opt;
+  m->visit([&](const std::string& name, float* p, float* g, index_t size, bool decay) { opt.add(name, p, g, size, decay); });
+  detail::load_tensors(c, detail::checkpoint_targets(*m, opt));
   return m;
 }
 

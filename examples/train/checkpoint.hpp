@@ -67,8 +67,13 @@ struct tensor_target {
   index_t size;      ///< floats at `data`
 };
 
+/// The tensors a checkpoint holds for `model` trained by `opt`: `model.<name>` for every parameter, then
+/// `optim.<name>.m` / `.v` for every moment. `vwn-train --resume` and `vwn-sample` load the same list.
+std::vector<tensor_target> checkpoint_targets(model::transformer<float>& model, optim::adamw<float>& opt);
+
 /// Copies the tensors of `c` into `targets`; checks everything first (presence, F32 dtype, shape `[size]`,
-/// no tensor left over), so nothing is written unless every tensor is fine. Throws std::runtime_error.
+/// every value finite, no tensor left over), so nothing is written unless every tensor is fine. Throws
+/// std::runtime_error.
 void load_tensors(const checkpoint& c, const std::vector<tensor_target>& targets);
 
 }  // namespace detail

@@ -58,12 +58,7 @@ trainer trainer::resume(const std::filesystem::path& path, const settings& reque
   s.eval_every = requested.eval_every;
   s.eval_batches = requested.eval_batches;
   trainer t(s, corpus);
-  std::vector<detail::tensor_target> targets;
-  t.model_->visit([&](const std::string& name, float* p, float*, index_t size, bool) {
-    targets.push_back({"model." + name, p, size});
-  });
-  t.opt_.for_each_state([&](const std::string& name, float* p, index_t size) { targets.push_back({"optim." + name, p, size}); });
-  detail::load_tensors(c, targets);
+  detail::load_tensors(c, detail::checkpoint_targets(*t.model_, t.opt_));
   t.opt_.set_step_count(c.optimizer_step);
   t.sampler_.restore(c.sampler);
   t.step_ = c.step;

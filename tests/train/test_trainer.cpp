@@ -14,6 +14,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <functional>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -574,6 +576,82 @@ TEST(TrainerCheckpoint, OnlyRegularFilesAreOpenedAsCheckpoints) {
     EXPECT_EQ(msg.find("truncated or corrupted"), std::string::npos) << msg;
     const std::string read_msg = error_of<std::runtime_error>([&] { (void)train::read_checkpoint(path); });
     EXPECT_NE(read_msg.find(what), std::string::npos) << read_msg;
+  }
+}
+
+// Rewrites the checkpoint of `run` (valid checksum) after `edit` changed its contents.
+template <class Edit>
+void rewrite_checkpoint(const saved_run& run, Edit edit) {
+  train::checkpoint c = train::read_checkpoint(run.ck);
+  edit(c);
+  train::write_checkpoint(run.ck, std::move(c));
+}
+
+// `f` without the tensor `skip`.
+vwn::safetensors::file without(const vwn::safetensors::file& f, const std::string& skip) {
+  vwn::safetensors::file out;
+  out.metadata = f.metadata;
+  for (const std::string& name : f.names())
+    if (name != skip) out.set(name, f.at(name).type, f.at(name).shape, f.at(name).bytes.data());
+  return out;
+}
+
+TEST(TrainerCheckpoint, StepBeyondTheRunIsRejected) {
+  saved_run run;
+  rewrite_checkpoint(run, [&](train::checkpoint& c) { c.step = c.config.steps + 2; });
+  const std::string msg = error_of<std::runtime_error>([&] { (void)train::read_checkpoint(run.ck); });
+  EXPECT_NE(msg.find("step " + std::to_string(run.s.steps + 2) + " is beyond config.steps " + std::to_string(run.s.steps)),
+            std::string::npos) << msg;
+}
+
+TEST(TrainerCheckpoint, NonFiniteTensorsAreRejectedByResumeAndSampling) {
+  for (const std::string prefix : {"model.", "optim."}) {
+    for (const float bad : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+      SCOPED_TRACE(prefix + " " + std::to_string(bad));
+      saved_run run;
+      std::string name;
+      rewrite_checkpoint(run, [&](train::checkpoint& c) {
+        for (const std::string& n : c.file.names())
+          if (n.rfind(prefix, 0) == 0 && c.file.at(n).shape[0] > 3) name = n;
+        ASSERT_FALSE(name.empty());
+        vwn::safetensors::tensor t = c.file.at(name);
+        std::memcpy(t.bytes.data() + 3 * sizeof(float), &bad, sizeof(float));
+        c.file.set(name, t.type, t.shape, t.bytes.data());
+      });
+      const std::string what = std::isnan(bad) ? "holds NaN at element 3" : "holds an infinity at element 3";
+      const train::checkpoint c = train::read_checkpoint(run.ck);  // the file itself is intact
+      for (const std::string& msg :
+           {error_of<std::runtime_error>([&] { (void)train::trainer::resume(run.ck, run.s, run.corpus); }),
+            error_of<std::runtime_error>([&] { (void)train::load_model(c); })}) {
+        EXPECT_NE(msg.find("tensor '" + name + "' " + what), std::string::npos) << msg;
+        EXPECT_NE(msg.find("diverged"), std::string::npos) << msg;
+      }
+    }
+  }
+}
+
+TEST(TrainerCheckpoint, ResumeAndSamplingAcceptTheSameTensors) {
+  saved_run run;
+  const train::checkpoint good = train::read_checkpoint(run.ck);
+  EXPECT_NO_THROW((void)train::load_model(good));
+  // One tensor more, one model tensor less, one optimiser tensor less: refused by both.
+  const std::string some_model = good.file.names().front(), some_optim = good.file.names().back();
+  ASSERT_EQ(some_model.rfind("model.", 0), 0u);
+  ASSERT_EQ(some_optim.rfind("optim.", 0), 0u);
+  const std::pair<std::string, std::function<void(train::checkpoint&)>> edits[] = {
+      {"unexpected tensor 'extra'", [](train::checkpoint& c) { const float x = 1; c.file.set("extra", vwn::safetensors::dtype::f32, {1}, &x); }},
+      {"tensor '" + some_model + "' is missing", [&](train::checkpoint& c) { c.file = without(c.file, some_model); }},
+      {"tensor '" + some_optim + "' is missing", [&](train::checkpoint& c) { c.file = without(c.file, some_optim); }},
+  };
+  for (const auto& [what, edit] : edits) {
+    SCOPED_TRACE(what);
+    dump(run.ck, run.bytes);
+    rewrite_checkpoint(run, edit);
+    const train::checkpoint c = train::read_checkpoint(run.ck);
+    const std::string resumed = error_of<std::runtime_error>([&] { (void)train::trainer::resume(run.ck, run.s, run.corpus); });
+    const std::string sampled = error_of<std::runtime_error>([&] { (void)train::load_model(c); });
+    EXPECT_NE(resumed.find(what), std::string::npos) << resumed;
+    EXPECT_NE(sampled.find(what), std::string::npos) << sampled;
   }
 }
 

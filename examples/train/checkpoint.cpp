@@ -189,4 +189,27 @@ std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c) {
   return m;
 }
 
+void expect_output_folder(const fs::path& out, const std::optional<fs::path>& resume, bool overwrite) {
+  if (overwrite) return;
+  const fs::path checkpoint_path = out / "checkpoint.safetensors", log_path = out / "log.csv";
+  std::error_code ec;
+  const bool has_checkpoint = fs::exists(checkpoint_path, ec), has_log = fs::exists(log_path, ec);
+  if (!resume) {
+    if (has_checkpoint)
+      throw std::runtime_error(checkpoint_path.string() + " already exists: continue that run with --resume " +
+                               checkpoint_path.string() + ", or start afresh with --overwrite or another --out");
+    return;
+  }
+  if (!has_checkpoint && !has_log) return;  // a new folder for the continued run
+  if (has_checkpoint && fs::equivalent(checkpoint_path, *resume, ec)) return;  // the run's own folder
+  throw std::runtime_error("--out " + out.string() + " holds another run (" +
+                           (has_checkpoint ? checkpoint_path.string() + " is not the checkpoint being resumed, " +
+                                                 resume->string()
+                                           : log_path.string() + " without its checkpoint") +
+                           "): continuing there would replace that run's checkpoint and mix two runs in its log. "
+                           "Resume into the run's own folder (--out " +
+                           (resume->parent_path().empty() ? std::string(".") : resume->parent_path().string()) +
+                           "), an empty folder, or pass --overwrite to replace the run in " + out.string());
+}
+
 }  // namespace vwn::train

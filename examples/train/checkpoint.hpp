@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -54,6 +55,14 @@ void write_checkpoint(const std::filesystem::path& path, checkpoint c);
 
 /// Rebuilds the model of a verified checkpoint with its parameters (for sampling).
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c);
+
+/// Checks that a run may write its `checkpoint.safetensors` and `log.csv` into the folder `out`, before anything
+/// is written. A fresh run (`resume` empty) needs a folder without a checkpoint; a resumed run needs the folder of
+/// the run it continues (where `resume` is that folder's checkpoint) or a folder with neither a checkpoint nor a
+/// log. `overwrite` allows replacing another run. Throws std::runtime_error naming the folder, what it holds and
+/// the ways out.
+void expect_output_folder(const std::filesystem::path& out, const std::optional<std::filesystem::path>& resume,
+                          bool overwrite);
 
 namespace detail {
 

@@ -144,9 +144,7 @@ int run(int argc, char** argv) {
   const vwn::data::text_corpus corpus = vwn::data::text_corpus::load(opt.data, s.model.context, s.val_fraction);
 
   const fs::path checkpoint_path = opt.out / "checkpoint.safetensors";
-  if (!opt.resume && !opt.overwrite && fs::exists(checkpoint_path, ec))
-    throw std::runtime_error(checkpoint_path.string() + " already exists: continue that run with --resume " +
-                             checkpoint_path.string() + ", or start afresh with --overwrite or another --out");
+  train::expect_output_folder(opt.out, opt.resume, opt.overwrite);
 
   // Everything is checked before anything is written.
   train::trainer t = opt.resume ? train::trainer::resume(*opt.resume, s, corpus) : train::trainer(s, corpus);

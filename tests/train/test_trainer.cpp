@@ -16,6 +16,7 @@
 #include <iterator>
 #include <limits>
 #include <functional>
+#include <optional>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -653,6 +654,34 @@ TEST(TrainerCheckpoint, ResumeAndSamplingAcceptTheSameTensors) {
     EXPECT_NE(resumed.find(what), std::string::npos) << resumed;
     EXPECT_NE(sampled.find(what), std::string::npos) << sampled;
   }
+}
+
+TEST(TrainerCheckpoint, OutputFolderHoldsOnlyTheRunItContinues) {
+  saved_run a, b;  // two finished runs in two folders
+  const fs::path A = a.dir.path, B = b.dir.path, empty = B / "empty", fresh = B / "not_yet";
+  fs::create_directory(empty);
+  const auto refused = [](const fs::path& out, const std::optional<fs::path>& resume) {
+    return error_of<std::runtime_error>([&] { train::expect_output_folder(out, resume, false); });
+  };
+  // A fresh run: never over a checkpoint, unless --overwrite.
+  EXPECT_NE(refused(A, std::nullopt).find("already exists"), std::string::npos);
+  EXPECT_NO_THROW(train::expect_output_folder(A, std::nullopt, true));
+  EXPECT_NO_THROW(train::expect_output_folder(empty, std::nullopt, false));
+  // A resume: its own folder (however the path is spelled), an empty or new folder...
+  EXPECT_NO_THROW(train::expect_output_folder(A, a.ck, false));
+  EXPECT_NO_THROW(train::expect_output_folder(A / ".", A / "." / "checkpoint.safetensors", false));
+  EXPECT_NO_THROW(train::expect_output_folder(empty, a.ck, false));
+  EXPECT_NO_THROW(train::expect_output_folder(fresh, a.ck, false));
+  // ...but not the folder of another run, which would lose B's checkpoint and mix A's rows into B's log.
+  const std::string msg = refused(B, a.ck);
+  EXPECT_NE(msg.find("--out " + B.string() + " holds another run"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("is not the checkpoint being resumed, " + a.ck.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--overwrite"), std::string::npos) << msg;
+  EXPECT_NO_THROW(train::expect_output_folder(B, a.ck, true));
+  // A folder with another run's log and no checkpoint is another run too.
+  fs::remove(b.ck);
+  EXPECT_NE(refused(B, a.ck).find("log.csv without its checkpoint"), std::string::npos);
+  EXPECT_EQ(slurp(B / "log.csv"), "step\n");
 }
 
 TEST(TrainerCheckpoint, CorruptedCheckpointIsRejectedAndLeftUntouched) {

@@ -1,14 +1,19 @@
 #include <train/trainer.hpp>
+#include <train/values.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 namespace vwn::train {
 
 namespace {
+
+constexpr const char* not_applied = "; the run diverged, nothing of this step was applied";
 
 const settings& checked(const settings& s) {
   validate(s);
@@ -73,14 +78,29 @@ step_result trainer::train_step() {
   sampler_.next(batch_);
   model_->zero_grad();
   r.loss = model_->forward(host, batch_.inputs, batch_.targets1, batch_.targets2, s_.model.context);
+  expect_finite(r.loss);
   model_->backward(host);
-  r.grad_norm = opt_.clip_grad_norm(s_.clip > 0 ? s_.clip : std::numeric_limits<double>::infinity());
+  try {
+    r.grad_norm = opt_.clip_grad_norm(s_.clip > 0 ? s_.clip : std::numeric_limits<double>::infinity());
+  } catch (const std::runtime_error& e) {  // a norm that is not finite, naming the first such gradient
+    throw non_finite_error(step_text() + e.what() + not_applied);
+  }
   opt_.step(r.lr);
   r.step = ++step_;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   elapsed_ += r.seconds;
   return r;
 }
+
+void trainer::expect_finite(const model::losses& l) const {
+  const bool mtp = s_.model.mtp;
+  if (std::isfinite(l.next) && (!mtp || std::isfinite(l.next2)) && std::isfinite(l.total)) return;
+  const auto text = [](double x) { return std::isnan(x) ? std::string("NaN") : detail::format_double(x); };
+  throw non_finite_error(step_text() + "the training loss is " + text(l.total) + " (next-token " + text(l.next) +
+                         (mtp ? ", next-2-token " + text(l.next2) : std::string()) + ")" + not_applied);
+}
+
+std::string trainer::step_text() const { return "step " + std::to_string(step_ + 1) + ": "; }
 
 evaluation trainer::evaluate() {
   evaluation e;

@@ -14,6 +14,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,15 @@
 namespace vwn::train {
 
 /// Result of one optimiser step.
+/// Thrown by `trainer::train_step` when a training loss or the gradient norm is not finite: the message names
+/// the step and the value or gradient tensor that went bad. Thrown before the update, so the parameters and
+/// the optimiser state are those of the last good step (the batch sampler has moved on: continue from a
+/// checkpoint, not from this trainer).
+class non_finite_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 struct step_result {
   index_t step = 0;        ///< steps completed, this one included (1 for the first)
   double lr = 0;           ///< learning rate used
@@ -65,7 +75,7 @@ class trainer {
   trainer(trainer&&) = default;
 
   /// One optimiser step on the next training batch.
-  step_result train_step();
+  step_result train_step();  // throws non_finite_error (see there) before updating anything
 
   /// Mean validation losses over the fixed evaluation batches (does not change the training state).
   evaluation evaluate();
@@ -92,6 +102,11 @@ class trainer {
   index_t tokens_per_step() const { return s_.batch * s_.model.context; }
 
  private:
+  /// Throws non_finite_error when a training loss of the step is not finite.
+  void expect_finite(const model::losses& l) const;
+  /// "step N: " for the step in progress.
+  std::string step_text() const;
+
   settings s_;
   const data::text_corpus* corpus_;
   std::string fingerprint_;

@@ -13,6 +13,7 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <utility>
 #include <optional>
 #include <string>
 #include <vector>
@@ -168,8 +169,21 @@ int run(int argc, char** argv) {
   progress bar(s.steps, t.tokens_per_step());
   std::optional<train::evaluation> last_eval;
   index_t last_eval_step = -1;
+  // The last checkpoint this run can continue from, for the message when a step goes non-finite.
+  std::optional<std::pair<fs::path, index_t>> last_good;
+  if (opt.resume) last_good.emplace(*opt.resume, t.steps_done());
   while (t.steps_done() < s.steps && !stop_requested) {
-    const train::step_result r = t.train_step();
+    train::step_result r;
+    try {
+      r = t.train_step();
+    } catch (const train::non_finite_error& e) {
+      bar.finish();
+      throw std::runtime_error(std::string(e.what()) + "; " +
+                               (last_good ? "the last good checkpoint is " + last_good->first.string() + " (step " +
+                                                std::to_string(last_good->second) + ")"
+                                          : std::string("no checkpoint was written")) +
+                               ". Try a lower --lr, a longer --warmup or --clip");
+    }
     train::log_row row;
     row.step = r.step, row.lr = r.lr, row.loss = r.loss.total, row.next = r.loss.next;
     if (mtp) row.next2 = r.loss.next2;
@@ -186,7 +200,10 @@ int run(int argc, char** argv) {
     bar.update(r, mtp);
     if (eval_due) bar.message("step " + std::to_string(r.step) + ": " + eval_text(*last_eval, mtp));
     const bool save_due = (opt.save_every > 0 ? r.step % opt.save_every == 0 : eval_due) || r.step == s.steps;
-    if (save_due) t.save(checkpoint_path);
+    if (save_due) {
+      t.save(checkpoint_path);
+      last_good.emplace(checkpoint_path, r.step);
+    }
   }
   bar.finish();
   if (stop_requested) {

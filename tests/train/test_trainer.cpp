@@ -16,6 +16,7 @@
 #include <iterator>
 #include <limits>
 #include <functional>
+#include <map>
 #include <optional>
 #include <random>
 #include <set>
@@ -577,6 +578,36 @@ TEST(TrainerCheckpoint, OnlyRegularFilesAreOpenedAsCheckpoints) {
     EXPECT_EQ(msg.find("truncated or corrupted"), std::string::npos) << msg;
     const std::string read_msg = error_of<std::runtime_error>([&] { (void)train::read_checkpoint(path); });
     EXPECT_NE(read_msg.find(what), std::string::npos) << read_msg;
+  }
+}
+
+TEST(Trainer, NonFiniteStepStopsBeforeTheUpdate) {
+  const auto corpus = data::text_corpus::from_bytes(text(4000), 16, 0.2);
+  for (const bool mtp : {false, true}) {
+    SCOPED_TRACE(mtp ? "MTP" : "no MTP");
+    train::trainer t(tiny(2, 3, true, mtp), corpus);
+    (void)t.train_step();
+    // A NaN in one parameter: the loss of the next step is NaN.
+    std::map<std::string, std::vector<float>> before;
+    bool poisoned = false;
+    t.model().visit([&](const std::string& name, float* p, float*, index_t size, bool) {
+      if (name == "final_norm.w") {  // used by every token
+        p[2] = std::numeric_limits<float>::quiet_NaN();
+        poisoned = true;
+      }
+      before[name].assign(p, p + size);
+    });
+    ASSERT_TRUE(poisoned);
+    const std::int64_t adam_steps = t.optimizer().step_count();
+    const std::string msg = error_of<train::non_finite_error>([&] { (void)t.train_step(); });
+    EXPECT_NE(msg.find("step 2: the training loss is NaN"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("nothing of this step was applied"), std::string::npos) << msg;
+    EXPECT_EQ(t.steps_done(), 1);
+    EXPECT_EQ(t.optimizer().step_count(), adam_steps);
+    t.model().visit([&](const std::string& name, float* p, float*, index_t size, bool) {
+      const std::vector<float> now(p, p + size);
+      EXPECT_EQ(std::memcmp(now.data(), before[name].data(), std::size_t(size) * sizeof(float)), 0) << name;
+    });
   }
 }
 

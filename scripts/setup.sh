@@ -9,6 +9,9 @@
 set -euo pipefail
 
 packages=(build-essential cmake libeigen3-dev libgtest-dev googletest libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev)
+# The sanitizer build and the fuzz targets (docs/reliability.md): clang, its sanitizer and libFuzzer runtimes, and
+# llvm-symbolizer for readable reports.
+packages+=(clang libclang-rt-dev llvm)
 
 for arg in "$@"; do
   case "$arg" in

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install dependencies, configure and build everything (warnings are errors),
-# then run the whole test suite. Build folder: $VWN_BUILD_DIR (default: build).
+# Install dependencies, configure and build everything (warnings are errors), run the whole test suite; then
+# build the host tests and the fuzz targets again with AddressSanitizer + UndefinedBehaviorSanitizer (clang,
+# CMakePresets.json preset "sanitize", folder build-sanitize) and run them, each fuzz target for 30 seconds.
+# Build folder of the first part: $VWN_BUILD_DIR (default: build). VWN_SANITIZE_SUITE=0 skips the second part.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,3 +15,10 @@ bash scripts/setup.sh
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DVWN_WERROR=ON -DVWN_NATIVE=OFF
 cmake --build "$build_dir" -j "$jobs"
 ctest --test-dir "$build_dir" --output-on-failure -j "$jobs"
+
+if [ "${VWN_SANITIZE_SUITE:-1}" != 0 ]; then
+  echo "test.sh: the host tests and the fuzz targets under AddressSanitizer + UndefinedBehaviorSanitizer"
+  cmake --preset sanitize
+  cmake --build --preset sanitize -j "$jobs"
+  ctest --preset sanitize -j "$jobs"
+fi

@@ -35,8 +35,11 @@ struct fnv1a {
   }
 };
 
-/// Checksum over metadata (except the checksum itself) and every tensor's name, dtype, shape and bytes.
-std::string checksum(const safetensors::file& f) {
+}  // namespace
+
+namespace detail {
+
+std::string checkpoint_checksum(const safetensors::file& f) {
   fnv1a h;
   for (const auto& [k, v] : f.metadata) {
     if (k == "checksum") continue;
@@ -55,7 +58,7 @@ std::string checksum(const safetensors::file& f) {
   return h.hex();
 }
 
-}  // namespace
+}  // namespace detail
 
 std::string corpus_fingerprint(const data::text_corpus& corpus) {
   fnv1a f;
@@ -66,6 +69,14 @@ std::string corpus_fingerprint(const data::text_corpus& corpus) {
 namespace detail {
 
 std::string checkpoint_error_prefix(const fs::path& p) { return "cannot use checkpoint '" + p.string() + "': "; }
+
+void expect_checkpoint_fits(const checkpoint& c) {
+  try {
+    expect_memory_fits(c.config, available_memory());
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(checkpoint_error_prefix(c.path) + "its settings cannot run here: " + e.what());
+  }
+}
 
 std::vector<tensor_target> checkpoint_targets(model::transformer<float>& model, optim::adamw<float>& opt) {
   std::vector<tensor_target> targets;
@@ -131,7 +142,7 @@ checkpoint read_checkpoint(const fs::path& path) {
   if (get("format_version") != std::to_string(checkpoint_version))
     throw std::runtime_error(where + "unsupported format_version: expected " + std::to_string(checkpoint_version) + ", got '" +
                              get("format_version") + "'");
-  const std::string stored = get("checksum"), actual = checksum(c.file);
+  const std::string stored = get("checksum"), actual = detail::checkpoint_checksum(c.file);
   if (stored != actual)
     throw std::runtime_error(where + "checksum mismatch: expected " + stored + " (stored), got " + actual +
                              " (computed): the file is corrupted");
@@ -175,11 +186,12 @@ void write_checkpoint(const fs::path& path, checkpoint c) {
   md["data_fnv1a64"] = c.data_fingerprint;
   md["data_source"] = c.data_source;
   md["elapsed_seconds"] = detail::format_double(c.elapsed_seconds);
-  md["checksum"] = checksum(c.file);
+  md["checksum"] = detail::checkpoint_checksum(c.file);
   c.file.write(path);
 }
 
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c) {
+  detail::expect_checkpoint_fits(c);
   auto m = model::make_transformer({c.config.m, c.config.n, c.config.dynamic}, c.config.model_config());
   // The optimiser's moments are checked and read like a resume does (so both programs accept exactly the same
   // files), into a state that is then dropped.

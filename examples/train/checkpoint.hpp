@@ -66,8 +66,16 @@ void expect_output_folder(const std::filesystem::path& out, const std::optional<
 
 namespace detail {
 
+/// The checksum a checkpoint stores under `checksum`: FNV-1a 64 over the metadata (except `checksum` itself) and
+/// every tensor's name, dtype, shape and bytes, as 16 hex digits.
+std::string checkpoint_checksum(const safetensors::file& f);
+
 /// "cannot use checkpoint 'PATH': ", the start of every checkpoint error.
 std::string checkpoint_error_prefix(const std::filesystem::path& p);
+
+/// Refuses a checkpoint whose settings cannot fit in the memory available (`expect_memory_fits`), with the
+/// checkpoint's name in front. Throws std::runtime_error.
+void expect_checkpoint_fits(const checkpoint& c);
 
 /// A buffer to fill from the checkpoint tensor `name`.
 struct tensor_target {

@@ -10,10 +10,11 @@ namespace vwn::train {
 
 namespace fs = std::filesystem;
 
-csv_log::csv_log(const fs::path& path, std::optional<index_t> resume_step) : path_(path) {
+csv_log::csv_log(const fs::path& path, const std::optional<log_history>& history)
+    : path_(path), partial_(path.string() + ".partial") {
   std::vector<std::string> keep;
-  if (resume_step) {
-    std::ifstream in(path);
+  if (history) {
+    std::ifstream in(history->path);
     std::string line;
     bool first = true;
     while (std::getline(in, line)) {
@@ -23,28 +24,38 @@ csv_log::csv_log(const fs::path& path, std::optional<index_t> resume_step) : pat
       }
       if (in.eof()) break;  // last line without its newline: incomplete
       log_row r;
-      if (parse(line, r) && r.step <= *resume_step) keep.push_back(line);
+      if (parse(line, r) && r.step <= history->step) keep.push_back(line);
     }
   }
-  const fs::path tmp = fs::path(path_.string() + ".tmp");
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << header << '\n';
-    for (const auto& l : keep) out << l << '\n';
-    out.flush();
-    if (!out) throw std::runtime_error("cannot write the log '" + tmp.string() + "'");
-  }
-  std::error_code ec;
-  fs::rename(tmp, path_, ec);
-  if (ec) throw std::runtime_error("cannot replace the log '" + path_.string() + "': " + ec.message());
-  out_.open(path_, std::ios::app);
-  if (!out_) throw std::runtime_error("cannot open the log '" + path_.string() + "' for appending");
+  out_.open(partial_, std::ios::trunc);
+  out_ << header << '\n';
+  for (const auto& l : keep) out_ << l << '\n';
+  out_.flush();
+  if (!out_) throw std::runtime_error("cannot write the log '" + partial_.string() + "'");
 }
+
+csv_log::~csv_log() {
+  if (committed_) return;
+  out_.close();
+  std::error_code ec;
+  fs::remove(partial_, ec);  // nothing to report from a destructor: the file only held this run's rows
+}
+
+void csv_log::commit() {
+  if (committed_) return;
+  std::error_code ec;
+  // The open stream keeps writing to the renamed file.
+  fs::rename(partial_, path_, ec);
+  if (ec) throw std::runtime_error("cannot put the log '" + partial_.string() + "' in place of '" + path_.string() + "': " + ec.message());
+  committed_ = true;
+}
+
+fs::path csv_log::current_path() const { return committed_ ? path_ : partial_; }
 
 void csv_log::append(const log_row& r) {
   out_ << format(r) << '\n';
   out_.flush();
-  if (!out_) throw std::runtime_error("cannot append to the log '" + path_.string() + "'");
+  if (!out_) throw std::runtime_error("cannot append to the log '" + current_path().string() + "'");
 }
 
 std::string csv_log::format(const log_row& r) {

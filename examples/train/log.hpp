@@ -1,7 +1,7 @@
 #pragma once
 /// \file log.hpp
 /// The CSV training log `log.csv`: one row per step, appended line by line, cut back to a checkpoint's
-/// step when a run resumes.
+/// step when a run resumes, and put in place only once the run has written its first checkpoint.
 
 #include <filesystem>
 #include <fstream>
@@ -26,18 +26,44 @@ struct log_row {
   double elapsed_s = 0;                        ///< training seconds so far
 };
 
-/// The training log: one CSV row per step, appended and flushed line by line so that a crash leaves at most
-/// an incomplete last line, which the next `open` for a resumed run drops (together with rows past the
-/// checkpoint's step).
+/// Where a resumed run's log begins: the well-formed rows with step <= `step` of the log at `path` (the resumed
+/// run's own `log.csv`; a missing file gives no rows).
+struct log_history {
+  std::filesystem::path path;  ///< the resumed run's log
+  index_t step = 0;            ///< the checkpoint's step: rows past it are dropped
+};
+
+/// The training log: one CSV row per step, appended and flushed line by line, so that a crash leaves at most an
+/// incomplete last line, which a resumed run drops (together with rows past the checkpoint's step).
+///
+/// Nothing at `path` is replaced until the run has something to replace it with: the new log is written to
+/// `path + ".partial"`, and `commit()` renames it over `path`; the trainer commits right after writing its
+/// first checkpoint. Until then a failed run leaves `path` as it was (another run's log under `--overwrite`, or a
+/// resumed run's rows past its checkpoint), and the destructor removes the partial file. A process killed
+/// before its first checkpoint leaves the partial file behind; the next run in that folder replaces it.
 class csv_log {
  public:
   /// The first line of the file.
   static constexpr std::string_view header = "step,lr,train_loss,train_next,train_next2,val_next,val_next2,tokens_per_s,elapsed_s";
 
-  /// Opens `path`. A fresh run (`resume_step` empty) starts a new file with the header; a resumed run keeps
-  /// the rows with step <= `*resume_step` (rewritten atomically through a temporary file) and appends after
-  /// them. Throws std::runtime_error when the file cannot be written.
-  csv_log(const std::filesystem::path& path, std::optional<index_t> resume_step);
+  /// Starts the log of a run that will live at `path`: the header, then, for a resumed run, the rows of
+  /// `history` up to its step. Writes only `path + ".partial"`. Throws std::runtime_error when that file cannot
+  /// be written.
+  csv_log(const std::filesystem::path& path, const std::optional<log_history>& history);
+  csv_log(const csv_log&) = delete;
+  csv_log& operator=(const csv_log&) = delete;
+  /// Removes the partial file unless `commit()` was called.
+  ~csv_log();
+
+  /// Renames the partial file over `path` (the rows appended so far and those to come); later calls do nothing.
+  /// Throws std::runtime_error when the rename fails.
+  void commit();
+
+  /// True after `commit()`.
+  bool committed() const { return committed_; }
+
+  /// The file the rows go to now: `path + ".partial"` before `commit()`, `path` after.
+  std::filesystem::path current_path() const;
 
   /// Appends one row and flushes it.
   void append(const log_row& r);
@@ -52,8 +78,9 @@ class csv_log {
   static std::vector<log_row> read(const std::filesystem::path& path);
 
  private:
-  std::filesystem::path path_;
+  std::filesystem::path path_, partial_;
   std::ofstream out_;
+  bool committed_ = false;
 };
 
 }  // namespace vwn::train

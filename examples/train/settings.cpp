@@ -1,12 +1,15 @@
 #include <train/settings.hpp>
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <sstream>
 #include <type_traits>
 #include <utility>
 
 #include <train/values.hpp>
 #include <transformer/data.hpp>
+#include <transformer/memory.hpp>
 
 namespace vwn::train {
 
@@ -166,6 +169,108 @@ void validate(const settings& s) {
     detail::bad_setting("--warmup", "at most --steps = " + std::to_string(s.steps), std::to_string(s.warmup));
   if (c.vocab != data::vocab_size)
     detail::bad_setting("vocabulary", std::to_string(data::vocab_size) + " (bytes)", std::to_string(c.vocab));
+}
+
+memory_need estimate_memory(const settings& s) {
+  const model::value_count v = model::count_values(s.model_config(), s.batch);
+  constexpr double value = sizeof(float);
+  memory_need need;
+  need.parameters = 7 * v.parameters * value;
+  // The validation batches: inputs and two targets per token.
+  const double eval_tokens = 3.0 * double(s.eval_batches) * double(s.batch) * double(s.model.context);
+  need.activations = (v.activations + eval_tokens) * value;
+  return need;
+}
+
+namespace {
+
+/// The first number in the file `path` (e.g. a cgroup limit, "max" gives none).
+std::optional<double> number_in(const char* path) {
+  std::ifstream in(path);
+  double x;
+  if (in >> x) return x;
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<double> available_memory() {
+  std::optional<double> available;
+  {
+    std::ifstream in("/proc/meminfo");
+    std::string key, unit;
+    double kb;
+    while (in >> key >> kb) {
+      std::getline(in, unit);
+      if (key == "MemAvailable:") {
+        available = kb * 1024.0;
+        break;
+      }
+    }
+  }
+  // A container's limit: what is left under it.
+  const std::optional<double> limit = number_in("/sys/fs/cgroup/memory.max"),
+                              used = number_in("/sys/fs/cgroup/memory.current");
+  const std::optional<double> limit_v1 = number_in("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+                              used_v1 = number_in("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+  for (const auto& [l, u] : {std::pair{limit, used}, std::pair{limit_v1, used_v1}}) {
+    if (!l || *l >= 1e18) continue;  // no limit (v1 reports a huge number)
+    const double left = std::max(0.0, *l - u.value_or(0.0));
+    available = available ? std::min(*available, left) : left;
+  }
+  return available;
+}
+
+std::string byte_text(double bytes) {
+  static constexpr const char* units[] = {"bytes", "kB", "MB", "GB", "TB", "PB", "EB"};
+  int u = 0;
+  while (bytes >= 999.5 && u < 6) bytes /= 1000, ++u;
+  char buf[48];
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%.0f bytes", bytes);
+  else
+    std::snprintf(buf, sizeof buf, "%.3g %s", bytes, units[u]);
+  return buf;
+}
+
+void expect_memory_fits(const settings& s, std::optional<double> available) {
+  if (!available) return;
+  const memory_need need = estimate_memory(s);
+  if (need.total() <= *available) return;
+  // The flag to blame: the one whose default value would lower the need the most.
+  struct size_flag {
+    const char* flag;
+    index_t settings::*field;
+    index_t model::config::*model_field;
+  };
+  static constexpr size_flag flags[] = {{"--batch", &settings::batch, nullptr},
+                                        {"--context", nullptr, &model::config::context},
+                                        {"--width", nullptr, &model::config::width},
+                                        {"--layers", nullptr, &model::config::layers},
+                                        {"--ffn", nullptr, &model::config::ffn_width}};
+  const settings defaults;
+  const size_flag* blamed = nullptr;
+  double best = need.total();
+  index_t blamed_value = 0;
+  for (const size_flag& f : flags) {
+    settings t = s;
+    index_t& value = f.field ? t.*f.field : t.model.*f.model_field;
+    const index_t given = value;
+    value = f.field ? defaults.*f.field : defaults.model.*f.model_field;
+    const double total = estimate_memory(t).total();
+    if (total < best) best = total, blamed = &f, blamed_value = given;
+  }
+  const auto& c = s.model;
+  std::string msg = blamed ? std::string(blamed->flag) + " " + std::to_string(blamed_value) + ": " : std::string();
+  msg += "this run needs about " + byte_text(need.total()) + " of memory, more than the " + byte_text(*available) +
+         " available (the parameters with their gradients, optimiser state and checkpoint copy need " +
+         byte_text(need.parameters) + " at --width " + std::to_string(c.width) + ", --layers " + std::to_string(c.layers) +
+         ", --ffn " + std::to_string(c.ffn()) + ", shape " + model::shape_choice{s.m, s.n, s.dynamic}.label() +
+         "; the activations of a batch of --batch " + std::to_string(s.batch) + " x --context " + std::to_string(c.context) +
+         " tokens need " + byte_text(need.activations) + ")";
+  if (blamed)
+    msg += "; with the default " + std::string(blamed->flag) + " it would need " + byte_text(best);
+  throw std::invalid_argument(msg);
 }
 
 std::string describe(const settings& s) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -82,6 +83,34 @@ std::string default_text(const setting_field& f);
 /// multiple of `m` and of `heads`, even head width, warm-up not longer than the run). Throws
 /// std::invalid_argument naming the setting, what was expected and what was given.
 void validate(const settings& s);
+
+/// Bytes a training run of `s` needs, estimated from the model's tensor shapes before anything is allocated
+/// (`model::count_values`; how close it comes is measured in docs/reliability.md).
+struct memory_need {
+  /// The parameters, their gradients and AdamW's two moments, plus the copy of those three a checkpoint write or
+  /// read holds: seven values per parameter.
+  double parameters = 0;
+  /// One training batch's activations and scratch (`model::count_values`), and the validation batches' tokens.
+  double activations = 0;
+  /// Both.
+  double total() const { return parameters + activations; }
+};
+
+/// The estimate of `s` (float values). Throws std::invalid_argument when the shape is not compiled.
+memory_need estimate_memory(const settings& s);
+
+/// Bytes this process can still allocate: the kernel's `MemAvailable`, lowered to what the memory limit of the
+/// process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`) leaves; empty where neither can be read.
+std::optional<double> available_memory();
+
+/// Refuses settings that cannot fit: throws std::invalid_argument when `estimate_memory(s)` exceeds `available`,
+/// naming first the size flag (`--batch`, `--context`, `--width`, `--layers`, `--ffn`) whose default would lower
+/// the need the most and what the need would then be, then the bytes each part needs and the bytes available.
+/// Does nothing when `available` is empty.
+void expect_memory_fits(const settings& s, std::optional<double> available);
+
+/// "12.3 MB", "4.56 GB": `bytes` in decimal units, three significant digits.
+std::string byte_text(double bytes);
 
 /// Multi-line human-readable summary of the settings.
 std::string describe(const settings& s);

@@ -15,8 +15,12 @@ namespace {
 
 constexpr const char* not_applied = "; the run diverged, nothing of this step was applied";
 
+/// A loss for a message: "NaN", "inf", "-inf" or the number.
+std::string number_text(double x) { return std::isnan(x) ? std::string("NaN") : detail::format_double(x); }
+
 const settings& checked(const settings& s) {
   validate(s);
+  expect_memory_fits(s, available_memory());
   return s;
 }
 
@@ -59,6 +63,7 @@ trainer trainer::resume(const std::filesystem::path& path, const settings& reque
     throw std::runtime_error(detail::checkpoint_error_prefix(path) + "inconsistent counters: step " + std::to_string(c.step) +
                              ", optimizer_step " + std::to_string(c.optimizer_step) + ", sampler_batch_index " +
                              std::to_string(c.sampler.batch_index) + " (expected all equal)");
+  detail::expect_checkpoint_fits(c);
   settings s = c.config;
   s.eval_every = requested.eval_every;
   s.eval_batches = requested.eval_batches;
@@ -95,9 +100,9 @@ step_result trainer::train_step() {
 void trainer::expect_finite(const model::losses& l) const {
   const bool mtp = s_.model.mtp;
   if (std::isfinite(l.next) && (!mtp || std::isfinite(l.next2)) && std::isfinite(l.total)) return;
-  const auto text = [](double x) { return std::isnan(x) ? std::string("NaN") : detail::format_double(x); };
-  throw non_finite_error(step_text() + "the training loss is " + text(l.total) + " (next-token " + text(l.next) +
-                         (mtp ? ", next-2-token " + text(l.next2) : std::string()) + ")" + not_applied);
+  throw non_finite_error(step_text() + "the training loss is " + number_text(l.total) + " (next-token " +
+                         number_text(l.next) + (mtp ? ", next-2-token " + number_text(l.next2) : std::string()) + ")" +
+                         not_applied);
 }
 
 std::string trainer::step_text() const { return "step " + std::to_string(step_ + 1) + ": "; }
@@ -111,6 +116,11 @@ evaluation trainer::evaluate() {
   }
   e.next /= double(eval_.size());
   e.next2 /= double(eval_.size());
+  const bool mtp = s_.model.mtp;
+  if (!std::isfinite(e.next) || (mtp && !std::isfinite(e.next2)))
+    throw non_finite_error("after step " + std::to_string(step_) + ": the validation loss is not finite (next-token " +
+                           number_text(e.next) + (mtp ? ", next-2-token " + number_text(e.next2) : std::string()) +
+                           "); the run diverged in a step whose training loss was still finite");
   return e;
 }
 

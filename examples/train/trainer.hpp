@@ -31,16 +31,17 @@
 
 namespace vwn::train {
 
-/// Result of one optimiser step.
 /// Thrown by `trainer::train_step` when a training loss or the gradient norm is not finite: the message names
 /// the step and the value or gradient tensor that went bad. Thrown before the update, so the parameters and
 /// the optimiser state are those of the last good step (the batch sampler has moved on: continue from a
-/// checkpoint, not from this trainer).
+/// checkpoint, not from this trainer). Thrown by `trainer::evaluate` when a validation loss is not finite
+/// (the parameters are then those that gave it: do not save them).
 class non_finite_error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
 
+/// Result of one optimiser step.
 struct step_result {
   index_t step = 0;        ///< steps completed, this one included (1 for the first)
   double lr = 0;           ///< learning rate used
@@ -77,7 +78,8 @@ class trainer {
   /// One optimiser step on the next training batch.
   step_result train_step();  // throws non_finite_error (see there) before updating anything
 
-  /// Mean validation losses over the fixed evaluation batches (does not change the training state).
+  /// Mean validation losses over the fixed evaluation batches (does not change the training state). Throws
+  /// non_finite_error when one is not finite.
   evaluation evaluate();
 
   /// Writes the checkpoint (atomically: a temporary file next to `path`, then a rename; the folder must

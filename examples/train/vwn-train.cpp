@@ -156,12 +156,31 @@ int run(int argc, char** argv) {
             << train::describe(s) << "data     " << corpus.source() << ": " << corpus.size() << " bytes (train "
             << corpus.train().size() << ", validation " << corpus.validation().size() << ")\n"
             << "output   " << opt.out.string() << "/ (log.csv, checkpoint.safetensors, loss.png)\n";
+  const train::memory_need need = train::estimate_memory(s);
+  const std::optional<double> available = train::available_memory();
+  std::cout << "memory   about " << train::byte_text(need.total()) << " (parameters and optimiser state "
+            << train::byte_text(need.parameters) << ", activations " << train::byte_text(need.activations) << ")"
+            << (available ? ", " + train::byte_text(*available) + " available" : std::string()) << "\n";
   if (opt.resume)
     std::cout << "resume   " << opt.resume->string() << " at step " << t.steps_done() << " of " << s.steps << "\n";
   std::cout << std::flush;
 
   fs::create_directories(opt.out);
-  train::csv_log log(opt.out / "log.csv", opt.resume ? std::optional<index_t>(t.steps_done()) : std::nullopt);
+  // The new log starts from the resumed run's own rows; it and the first checkpoint replace what the folder held
+  // only once that checkpoint is written (csv_log::commit), so a run that fails before leaves the folder as it was.
+  std::optional<train::log_history> history;
+  if (opt.resume) history = train::log_history{opt.resume->parent_path() / "log.csv", t.steps_done()};
+  train::csv_log log(opt.out / "log.csv", history);
+  const fs::path png = opt.out / "loss.png";
+  const bool same_run = opt.resume && fs::equivalent(checkpoint_path, *opt.resume, ec);
+  auto save = [&] {
+    t.save(checkpoint_path);
+    if (log.committed()) return;
+    log.commit();
+    if (same_run) return;
+    fs::remove(png, ec);  // the plot of the run this one replaced, and its gnuplot script
+    fs::remove(fs::path(png).replace_extension(".gp"), ec);
+  };
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -172,10 +191,10 @@ int run(int argc, char** argv) {
   // The last checkpoint this run can continue from, for the message when a step goes non-finite.
   std::optional<std::pair<fs::path, index_t>> last_good;
   if (opt.resume) last_good.emplace(*opt.resume, t.steps_done());
-  while (t.steps_done() < s.steps && !stop_requested) {
-    train::step_result r;
+  // A step or an evaluation that went non-finite ends the run, naming the checkpoint to go back to.
+  auto or_stop = [&](auto&& work) {
     try {
-      r = t.train_step();
+      return work();
     } catch (const train::non_finite_error& e) {
       bar.finish();
       throw std::runtime_error(std::string(e.what()) + "; " +
@@ -184,13 +203,16 @@ int run(int argc, char** argv) {
                                           : std::string("no checkpoint was written")) +
                                ". Try a lower --lr, a longer --warmup or --clip");
     }
+  };
+  while (t.steps_done() < s.steps && !stop_requested) {
+    const train::step_result r = or_stop([&] { return t.train_step(); });
     train::log_row row;
     row.step = r.step, row.lr = r.lr, row.loss = r.loss.total, row.next = r.loss.next;
     if (mtp) row.next2 = r.loss.next2;
     row.tokens_per_s = double(t.tokens_per_step()) / r.seconds;
     const bool eval_due = (s.eval_every > 0 && r.step % s.eval_every == 0) || r.step == s.steps;
     if (eval_due) {
-      last_eval = t.evaluate();
+      last_eval = or_stop([&] { return t.evaluate(); });
       last_eval_step = r.step;
       row.val_next = last_eval->next;
       if (mtp) row.val_next2 = last_eval->next2;
@@ -201,24 +223,24 @@ int run(int argc, char** argv) {
     if (eval_due) bar.message("step " + std::to_string(r.step) + ": " + eval_text(*last_eval, mtp));
     const bool save_due = (opt.save_every > 0 ? r.step % opt.save_every == 0 : eval_due) || r.step == s.steps;
     if (save_due) {
-      t.save(checkpoint_path);
+      save();
       last_good.emplace(checkpoint_path, r.step);
     }
   }
   bar.finish();
   if (stop_requested) {
-    t.save(checkpoint_path);
+    save();
     std::cout << "interrupted after step " << t.steps_done() << ": saved " << checkpoint_path.string()
               << "; continue with --resume " << checkpoint_path.string() << "\n";
     return 130;
   }
+  if (!log.committed()) save();  // a finished run resumed into a new folder: the folder gets the whole run
   if (last_eval_step != t.steps_done()) last_eval = t.evaluate();  // e.g. resumed from a finished run
 
   std::cout << "\ntrained " << t.steps_done() << " steps in " << duration(t.elapsed_seconds()) << "\n"
             << "validation after step " << t.steps_done() << ": " << eval_text(*last_eval, mtp) << "\n"
             << "checkpoint: " << checkpoint_path.string() << "\n";
 
-  const fs::path png = opt.out / "loss.png";
   const std::string plot_problem = train::plot_losses(train::csv_log::read(opt.out / "log.csv"), png, t.model().name());
   if (plot_problem.empty())
     std::cout << "loss plot: " << png.string() << "\n";

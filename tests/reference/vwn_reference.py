@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 
 def compiled_shapes():
-    """The shapes (m, n) of VWN_COMPILED_SHAPES, read from their one definition in include/vwn/core/shapes.hpp."""
+    """The shapes (m, n) of VWN_ALL_SHAPES, read from their one definition in include/vwn/core/shapes.hpp."""
     import re
     header = pathlib.Path(__file__).resolve().parents[2] / "include" / "vwn" / "core" / "shapes.hpp"
-    line = re.search(r"^#define VWN_COMPILED_SHAPES\(X\)(.*)$", header.read_text(), re.MULTILINE)
+    line = re.search(r"^#define VWN_ALL_SHAPES\(X\)(.*)$", header.read_text(), re.MULTILINE)
     if not line:
-        raise SystemExit(f"{header}: no VWN_COMPILED_SHAPES line found")
+        raise SystemExit(f"{header}: no VWN_ALL_SHAPES line found")
     return [(int(m), int(n)) for m, n in re.findall(r"X\((\d+),\s*(\d+)\)", line.group(1))]
 
 

@@ -2,6 +2,7 @@
 // vwn_train library (examples/train/: settings and the command lines of vwn-train and vwn-sample, checkpoints
 // and resume, log, sampling).
 #include <train/trainer.hpp>
+#include <transformer/memory.hpp>
 
 #include <gtest/gtest.h>
 
@@ -400,8 +401,7 @@ TEST(TrainerCli, BadValuesNameTheFlagTheExpectationAndTheValue) {
   train::settings s;
   s.m = 3, s.n = 5;
   std::string msg = error_of<std::invalid_argument>([&] { train::validate(s); });
-  EXPECT_NE(msg.find("(8,64)"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("got (3,5) dynamic"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(vwn::compiled_shapes_text() + ", each static or dynamic, got (3,5) dynamic"), std::string::npos) << msg;
   s = train::settings();
   s.m = 4, s.n = 8, s.model.width = 30, s.model.heads = 3;
   EXPECT_EQ(error_of<std::invalid_argument>([&] { train::validate(s); }),
@@ -570,7 +570,9 @@ TEST(TrainerCheckpoint, OnlyRegularFilesAreOpenedAsCheckpoints) {
       {folder, "is a directory"},
       {fifo, "is a FIFO"},  // refused without opening it: an open for reading would wait for a writer forever
   };
-  for (const auto& [path, what] : cases) {
+  for (const auto& c : cases) {
+    const fs::path& path = c.first;  // not a structured binding: lambdas capture it (C++20, not yet clang 14)
+    const std::string& what = c.second;
     SCOPED_TRACE(path.string());
     const std::string msg = error_of<std::runtime_error>([&] { (void)train::trainer::resume(path, run.s, run.corpus); });
     EXPECT_NE(msg.find("cannot use checkpoint '" + path.string() + "'"), std::string::npos) << msg;
@@ -608,6 +610,25 @@ TEST(Trainer, NonFiniteStepStopsBeforeTheUpdate) {
       const std::vector<float> now(p, p + size);
       EXPECT_EQ(std::memcmp(now.data(), before[name].data(), std::size_t(size) * sizeof(float)), 0) << name;
     });
+  }
+}
+
+// A step can leave finite parameters that give a non-finite validation loss (the run diverged in an update
+// whose own loss was finite): the evaluation refuses to report it as a number, so nothing saves that state.
+TEST(Trainer, NonFiniteValidationLossStopsTheRun) {
+  const auto corpus = data::text_corpus::from_bytes(text(4000), 16, 0.2);
+  for (const bool mtp : {false, true}) {
+    SCOPED_TRACE(mtp ? "MTP" : "no MTP");
+    train::trainer t(tiny(2, 3, true, mtp), corpus);
+    (void)t.train_step();
+    const train::evaluation good = t.evaluate();
+    EXPECT_TRUE(std::isfinite(good.next));
+    t.model().visit([&](const std::string& name, float* p, float*, index_t, bool) {
+      if (name == "final_norm.w") p[0] = std::numeric_limits<float>::infinity();
+    });
+    const std::string msg = error_of<train::non_finite_error>([&] { (void)t.evaluate(); });
+    EXPECT_NE(msg.find("after step 1: the validation loss is not finite (next-token "), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("next-2-token") != std::string::npos, mtp) << msg;
   }
 }
 
@@ -659,6 +680,19 @@ TEST(TrainerCheckpoint, NonFiniteTensorsAreRejectedByResumeAndSampling) {
         EXPECT_NE(msg.find("diverged"), std::string::npos) << msg;
       }
     }
+  }
+}
+
+// Settings that pass every range check but cannot fit (a crafted `config.layers`) are refused by both programs
+// before anything is allocated for the model.
+TEST(TrainerCheckpoint, SettingsThatCannotFitAreRefusedByResumeAndSampling) {
+  saved_run run;
+  rewrite_checkpoint(run, [&](train::checkpoint& c) { c.config.model.layers = 100'000'000; });
+  const train::checkpoint c = train::read_checkpoint(run.ck);  // the file itself is intact and its settings valid
+  for (const std::string& msg : {error_of<std::runtime_error>([&] { (void)train::trainer::resume(run.ck, c.config, run.corpus); }),
+                                 error_of<std::runtime_error>([&] { (void)train::load_model(c); })}) {
+    EXPECT_NE(msg.find("cannot use checkpoint '" + run.ck.string() + "': its settings cannot run here: --layers 100000000: "
+                       "this run needs about "), std::string::npos) << msg;
   }
 }
 
@@ -809,6 +843,73 @@ TEST(TrainerCheckpoint, SettingsGivenOnTheCommandLineApplyOnTopOfTheCheckpointsO
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------------------------------------
+
+// The parameter count of the estimate comes from the primitives' tensor lists and the blocks' shapes; the model
+// counts what it allocated. They must agree for every shape and option, or the estimate is off.
+TEST(TrainerMemory, CountedParametersAreTheModelsOwn) {
+  for (const auto& shape : vwn::model::available_shapes()) {
+    for (const bool mtp : {false, true}) {
+      for (const bool lowrank : {false, true}) {
+        vwn::model::config c;
+        c.shape = shape;
+        c.width = 16, c.heads = 2, c.layers = 2, c.context = 8, c.mtp = mtp, c.lowrank_embedding = lowrank;
+        c.ffn_width = mtp ? 24 : 0;
+        SCOPED_TRACE(shape.label() + (mtp ? " MTP" : "") + (lowrank ? " low-rank" : ""));
+        const auto model = vwn::model::make_transformer(shape, c);
+        const vwn::model::value_count v = vwn::model::count_values(c, 3);
+        EXPECT_EQ(v.parameters, double(model->parameter_count()));
+        EXPECT_GT(v.activations, 3.0 * 8 * (10 * 16 + 16));  // at least the per-token block buffers
+      }
+    }
+  }
+}
+
+TEST(TrainerMemory, SettingsThatCannotFitAreRefusedNamingTheFlagsAndTheBytes) {
+  train::settings s = tiny(2, 3, true, true);
+  const train::memory_need need = train::estimate_memory(s);
+  EXPECT_GT(need.parameters, 0);
+  EXPECT_GT(need.activations, 0);
+  EXPECT_NO_THROW(train::expect_memory_fits(s, need.total()));
+  EXPECT_NO_THROW(train::expect_memory_fits(s, std::nullopt));  // unknown: not refused
+  std::string msg = error_of<std::invalid_argument>([&] { train::expect_memory_fits(s, need.total() - 1); });
+  EXPECT_NE(msg.find("this run needs about " + train::byte_text(need.total()) + " of memory, more than the " +
+                     train::byte_text(need.total() - 1) + " available"), std::string::npos) << msg;
+  // The flag whose default would help most is named first, with the need at its default.
+  s.batch = 100'000'000;
+  msg = error_of<std::invalid_argument>([&] { train::expect_memory_fits(s, 8e9); });
+  EXPECT_EQ(msg.rfind("--batch 100000000: this run needs about ", 0), 0u) << msg;
+  EXPECT_NE(msg.find("8 GB available"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("the activations of a batch of --batch 100000000 x --context 16 tokens need "), std::string::npos) << msg;
+  train::settings with_default = s;
+  with_default.batch = train::settings().batch;
+  EXPECT_NE(msg.find("; with the default --batch it would need " + train::byte_text(train::estimate_memory(with_default).total())),
+            std::string::npos) << msg;
+  s = tiny(2, 3, true, true);
+  s.model.width = 1'000'000;
+  s.model.heads = 1;
+  msg = error_of<std::invalid_argument>([&] { train::expect_memory_fits(s, 8e9); });
+  EXPECT_EQ(msg.rfind("--width 1000000: ", 0), 0u) << msg;
+  EXPECT_NE(msg.find("need " + train::byte_text(train::estimate_memory(s).parameters) +
+                     " at --width 1000000, --layers 1, --ffn 2666672, shape (2,3) dynamic;"), std::string::npos) << msg;
+  s = tiny(2, 3, true, true);
+  s.model.ffn_width = 100'000'000;  // mostly activations, but the FFN width is what to lower
+  msg = error_of<std::invalid_argument>([&] { train::expect_memory_fits(s, 8e9); });
+  EXPECT_EQ(msg.rfind("--ffn 100000000: ", 0), 0u) << msg;
+  // A fresh trainer checks before it allocates (the machine's memory, whatever it is, is below an exabyte).
+  s.model.width = 2'000'000'000, s.model.layers = 1'000'000;
+  const auto corpus = data::text_corpus::from_bytes(text(4000), 16, 0.2);
+  msg = error_of<std::invalid_argument>([&] { train::trainer t(s, corpus); });
+  EXPECT_NE(msg.find("available"), std::string::npos) << msg;
+  ASSERT_TRUE(train::available_memory().has_value());  // Linux: /proc/meminfo
+  EXPECT_GT(*train::available_memory(), 0);
+  EXPECT_EQ(train::byte_text(999), "999 bytes");
+  EXPECT_EQ(train::byte_text(12'345'678), "12.3 MB");
+  EXPECT_EQ(train::byte_text(4.56e12), "4.56 TB");
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Log
 // ---------------------------------------------------------------------------------------------------------
 
@@ -823,18 +924,21 @@ TEST(TrainerLog, AppendsOneRowPerStepAndDropsRowsPastTheResumedStep) {
       if (i % 2 == 0) r.val_next = 2.6, r.val_next2 = 3.1;
       r.elapsed_s = double(i);
       log.append(r);
+      if (i == 2) log.commit();  // rows before and after the commit all land in the file
     }
   }
   std::string content = slurp(p);
   EXPECT_EQ(content.substr(0, content.find('\n')), train::csv_log::header);
   EXPECT_NE(content.find("\n2,0.001,2.800000,2.500000,2.900000,2.600000,3.100000,1000.0,2.000\n"), std::string::npos) << content;
   EXPECT_NE(content.find("\n3,0.001,2.700000,2.500000,2.900000,,,1000.0,3.000\n"), std::string::npos) << content;
+  EXPECT_NE(content.find("\n5,"), std::string::npos) << content;
   dump(p, content + "6,0.001,2.4");  // a crash in the middle of a line
   {
-    train::csv_log log(p, index_t(3));
+    train::csv_log log(p, train::log_history{p, 3});
     train::log_row r;
     r.step = 4, r.lr = 1e-3, r.loss = 1, r.next = 1;
     log.append(r);
+    log.commit();
   }
   const auto rows = train::csv_log::read(p);
   ASSERT_EQ(rows.size(), 4u);
@@ -845,8 +949,47 @@ TEST(TrainerLog, AppendsOneRowPerStepAndDropsRowsPastTheResumedStep) {
   EXPECT_EQ(listing(dir.path), std::set<std::string>{"log.csv"});
   {
     train::csv_log fresh(p, std::nullopt);  // a fresh run starts a new log
+    fresh.commit();
   }
   EXPECT_EQ(slurp(p), std::string(train::csv_log::header) + "\n");
+}
+
+// `--overwrite`, or a resume, followed by a failure before the first checkpoint: the folder keeps what it held.
+TEST(TrainerLog, ReplacesTheOldLogOnlyOnCommit) {
+  temp_dir dir;
+  const fs::path p = dir.path / "log.csv";
+  const std::string old = std::string(train::csv_log::header) + "\n1,0.001,3.0,3.0,,,,10.0,1.0\n2,0.001,2.9,2.9,,,,10.0,2.0\n";
+  dump(p, old);
+  train::log_row r;
+  r.step = 1, r.lr = 1e-3, r.loss = 5, r.next = 5;
+  for (const bool resumed : {false, true}) {
+    {
+      std::optional<train::log_history> history;
+      if (resumed) history = train::log_history{p, 1};
+      train::csv_log log(p, history);
+      log.append(r);
+      EXPECT_EQ(slurp(p), old);  // the new rows go to the partial file
+      EXPECT_EQ(log.current_path(), fs::path(p.string() + ".partial"));
+    }  // the run fails before its first checkpoint
+    EXPECT_EQ(slurp(p), old) << "resumed " << resumed;
+    EXPECT_EQ(listing(dir.path), std::set<std::string>{"log.csv"}) << "resumed " << resumed;
+  }
+  {
+    train::csv_log log(p, std::nullopt);
+    log.append(r);
+    log.commit();
+    EXPECT_EQ(listing(dir.path), std::set<std::string>{"log.csv"});
+    r.step = 2;
+    log.append(r);
+  }
+  const auto rows = train::csv_log::read(p);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].loss, 5.0);
+  EXPECT_EQ(rows[1].step, 2);
+  // A fresh folder is left empty by a run that fails before its first checkpoint.
+  temp_dir fresh;
+  { train::csv_log log(fresh.path / "log.csv", std::nullopt); }
+  EXPECT_TRUE(listing(fresh.path).empty());
 }
 
 }  // namespace

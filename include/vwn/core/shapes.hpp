@@ -28,11 +28,21 @@ struct shape_id {
   friend constexpr bool operator==(shape_id a, shape_id b) { return a.m == b.m && a.n == b.n; }
 };
 
-/// The compiled shapes, `X(m, n)` for each: the plain residual (1,1); Hyper-Connections (1,2), (1,4);
+/// The shapes vwn compiles, `X(m, n)` for each: the plain residual (1,1); Hyper-Connections (1,2), (1,4);
 /// Frac-Connections (2,2); the paper's 1.5x (2,3); (2,4), (4,8), (4,16); and its r = 2, 4, 8 scaling series at
 /// m = 8: (8,16), (8,32), (8,64). The one definition of the set: everything below, the build's generated
 /// translation units (CMake reads this line) and the reference-data script follow from it.
-#define VWN_COMPILED_SHAPES(X) X(1, 1) X(1, 2) X(1, 4) X(2, 2) X(2, 3) X(2, 4) X(4, 8) X(4, 16) X(8, 16) X(8, 32) X(8, 64)
+#define VWN_ALL_SHAPES(X) X(1, 1) X(1, 2) X(1, 4) X(2, 2) X(2, 3) X(2, 4) X(4, 8) X(4, 16) X(8, 16) X(8, 32) X(8, 64)
+
+/// The compiled shapes: all of `VWN_ALL_SHAPES`, or a subset of them where the build defines `VWN_SHAPES_HEADER`
+/// as the path of a header that defines `VWN_SELECTED_SHAPES(X)` (this project's CMake option `VWN_SHAPES` writes
+/// one, for quicker builds such as the sanitizer build). Every file of a program must see the same set.
+#ifdef VWN_SHAPES_HEADER
+#include VWN_SHAPES_HEADER
+#define VWN_COMPILED_SHAPES(X) VWN_SELECTED_SHAPES(X)
+#else
+#define VWN_COMPILED_SHAPES(X) VWN_ALL_SHAPES(X)
+#endif
 
 #define VWN_SHAPE_ID_(m, n) shape_id{m, n},
 /// The compiled shapes as values, in the order of `VWN_COMPILED_SHAPES`.

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include <train/values.hpp>
+#include <transformer/memory.hpp>
 #include <vwn/core/version.hpp>
 
 namespace vwn::train {
@@ -70,9 +71,25 @@ namespace detail {
 
 std::string checkpoint_error_prefix(const fs::path& p) { return "cannot use checkpoint '" + p.string() + "': "; }
 
-void expect_checkpoint_fits(const checkpoint& c) {
+void expect_checkpoint_fits(const checkpoint& c, std::optional<double> available) {
+  // The settings must describe the model the file holds: compared by value count before any model is built, so
+  // that settings edited into a file (config.layers = 100000) cost no allocation.
+  double held = 0;
+  for (const std::string& name : c.file.names()) {
+    if (name.rfind("model.", 0) != 0) continue;
+    double size = 1;
+    for (const auto d : c.file.at(name).shape) size *= double(d);
+    held += size;
+  }
+  const double described = model::count_values(c.config.model_config(), c.config.batch).parameters;
+  if (held != described)
+    throw std::runtime_error(checkpoint_error_prefix(c.path) + "its settings describe a model of " +
+                             detail::format_double(described) + " parameters (--width " + std::to_string(c.config.model.width) +
+                             ", --layers " + std::to_string(c.config.model.layers) + ", shape " +
+                             model::shape_choice{c.config.m, c.config.n, c.config.dynamic}.label() + "), but the file holds " +
+                             detail::format_double(held) + " model values");
   try {
-    expect_memory_fits(c.config, available_memory());
+    expect_memory_fits(c.config, available);
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(checkpoint_error_prefix(c.path) + "its settings cannot run here: " + e.what());
   }
@@ -191,7 +208,7 @@ void write_checkpoint(const fs::path& path, checkpoint c) {
 }
 
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c) {
-  detail::expect_checkpoint_fits(c);
+  detail::expect_checkpoint_fits(c, available_memory());
   auto m = model::make_transformer({c.config.m, c.config.n, c.config.dynamic}, c.config.model_config());
   // The optimiser's moments are checked and read like a resume does (so both programs accept exactly the same
   // files), into a state that is then dropped.

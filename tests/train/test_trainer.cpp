@@ -683,30 +683,46 @@ TEST(TrainerCheckpoint, NonFiniteTensorsAreRejectedByResumeAndSampling) {
   }
 }
 
-// Settings that pass every range check but cannot fit (a crafted `config.layers`) are refused by both programs
-// before anything is allocated for the model.
-TEST(TrainerCheckpoint, SettingsThatCannotFitAreRefusedByResumeAndSampling) {
+// Settings that pass every range check but describe another model than the file holds (a crafted
+// `config.layers`), or one that cannot fit, are refused by both programs before anything is allocated for the model.
+TEST(TrainerCheckpoint, SettingsOfAnotherModelOrThatCannotFitAreRefusedByResumeAndSampling) {
   saved_run run;
-  rewrite_checkpoint(run, [&](train::checkpoint& c) { c.config.model.layers = 100'000'000; });
+  rewrite_checkpoint(run, [&](train::checkpoint& c) { c.config.model.layers = 100'000; });
   const train::checkpoint c = train::read_checkpoint(run.ck);  // the file itself is intact and its settings valid
+  const std::string described =
+      vwn::train::detail::format_double(vwn::model::count_values(c.config.model_config(), c.config.batch).parameters);
   for (const std::string& msg : {error_of<std::runtime_error>([&] { (void)train::trainer::resume(run.ck, c.config, run.corpus); }),
                                  error_of<std::runtime_error>([&] { (void)train::load_model(c); })}) {
-    EXPECT_NE(msg.find("cannot use checkpoint '" + run.ck.string() + "': its settings cannot run here: --layers 100000000: "
-                       "this run needs about "), std::string::npos) << msg;
+    EXPECT_NE(msg.find("cannot use checkpoint '" + run.ck.string() + "': its settings describe a model of " + described +
+                       " parameters (--width 32, --layers 100000, shape "), std::string::npos) << msg;
+    EXPECT_NE(msg.find("but the file holds "), std::string::npos) << msg;
   }
+  // A consistent checkpoint whose model does not fit in the memory left (here a made-up 1 kB).
+  dump(run.ck, run.bytes);
+  const train::checkpoint good = train::read_checkpoint(run.ck);
+  EXPECT_NO_THROW(train::detail::expect_checkpoint_fits(good, std::nullopt));
+  const std::string msg = error_of<std::runtime_error>([&] { train::detail::expect_checkpoint_fits(good, 1000.0); });
+  EXPECT_EQ(msg.rfind("cannot use checkpoint '" + run.ck.string() + "': its settings cannot run here: ", 0), 0u) << msg;
+  EXPECT_NE(msg.find("more than the 1 kB available"), std::string::npos) << msg;
 }
 
 TEST(TrainerCheckpoint, ResumeAndSamplingAcceptTheSameTensors) {
   saved_run run;
   const train::checkpoint good = train::read_checkpoint(run.ck);
   EXPECT_NO_THROW((void)train::load_model(good));
-  // One tensor more, one model tensor less, one optimiser tensor less: refused by both.
+  // One tensor more, one model tensor less or renamed, one optimiser tensor less: refused by both.
   const std::string some_model = good.file.names().front(), some_optim = good.file.names().back();
   ASSERT_EQ(some_model.rfind("model.", 0), 0u);
   ASSERT_EQ(some_optim.rfind("optim.", 0), 0u);
   const std::pair<std::string, std::function<void(train::checkpoint&)>> edits[] = {
       {"unexpected tensor 'extra'", [](train::checkpoint& c) { const float x = 1; c.file.set("extra", vwn::safetensors::dtype::f32, {1}, &x); }},
-      {"tensor '" + some_model + "' is missing", [&](train::checkpoint& c) { c.file = without(c.file, some_model); }},
+      // Fewer model values than the settings describe: refused before the model is built.
+      {"but the file holds", [&](train::checkpoint& c) { c.file = without(c.file, some_model); }},
+      {"tensor '" + some_model + "' is missing", [&](train::checkpoint& c) {
+         const vwn::safetensors::tensor t = c.file.at(some_model);
+         c.file = without(c.file, some_model);
+         c.file.set("model.renamed", t.type, t.shape, t.bytes.data());
+       }},
       {"tensor '" + some_optim + "' is missing", [&](train::checkpoint& c) { c.file = without(c.file, some_optim); }},
   };
   for (const auto& [what, edit] : edits) {

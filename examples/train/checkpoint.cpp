@@ -71,7 +71,7 @@ namespace detail {
 
 std::string checkpoint_error_prefix(const fs::path& p) { return "cannot use checkpoint '" + p.string() + "': "; }
 
-void expect_checkpoint_fits(const checkpoint& c, std::optional<double> available) {
+void expect_checkpoint_fits(const checkpoint& c, std::optional<double> available, bool training) {
   // The settings must describe the model the file holds: compared by value count before any model is built, so
   // that settings edited into a file (config.layers = 100000) cost no allocation.
   double held = 0;
@@ -88,8 +88,11 @@ void expect_checkpoint_fits(const checkpoint& c, std::optional<double> available
                              ", --layers " + std::to_string(c.config.model.layers) + ", shape " +
                              model::shape_choice{c.config.m, c.config.n, c.config.dynamic}.label() + "), but the file holds " +
                              detail::format_double(held) + " model values");
+  // Sampling runs one sequence at a time: the run's batch does not matter there.
+  settings needs = c.config;
+  if (!training) needs.batch = 1, needs.eval_batches = 1;
   try {
-    expect_memory_fits(c.config, available);
+    expect_memory_fits(needs, available);
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(checkpoint_error_prefix(c.path) + "its settings cannot run here: " + e.what());
   }
@@ -208,7 +211,7 @@ void write_checkpoint(const fs::path& path, checkpoint c) {
 }
 
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c) {
-  detail::expect_checkpoint_fits(c, available_memory());
+  detail::expect_checkpoint_fits(c, available_memory(), false);
   auto m = model::make_transformer({c.config.m, c.config.n, c.config.dynamic}, c.config.model_config());
   // The optimiser's moments are checked and read like a resume does (so both programs accept exactly the same
   // files), into a state that is then dropped.

@@ -75,9 +75,9 @@ std::string checkpoint_error_prefix(const std::filesystem::path& p);
 
 /// Refuses, before any model is built, a checkpoint whose settings describe another model than the one it holds
 /// (the parameter count of `model::count_values` against the values of its `model.*` tensors) or cannot fit in the
-/// memory `available` (`expect_memory_fits`; the programs pass `available_memory()`), with the checkpoint's name in
-/// front. Throws std::runtime_error.
-void expect_checkpoint_fits(const checkpoint& c, std::optional<double> available);
+/// memory `available` (`expect_memory_fits`; the programs pass `available_memory()`) for `training` (the run's
+/// batch) or for sampling (one sequence), with the checkpoint's name in front. Throws std::runtime_error.
+void expect_checkpoint_fits(const checkpoint& c, std::optional<double> available, bool training);
 
 /// A buffer to fill from the checkpoint tensor `name`.
 struct tensor_target {

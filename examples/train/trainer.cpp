@@ -63,7 +63,7 @@ trainer trainer::resume(const std::filesystem::path& path, const settings& reque
     throw std::runtime_error(detail::checkpoint_error_prefix(path) + "inconsistent counters: step " + std::to_string(c.step) +
                              ", optimizer_step " + std::to_string(c.optimizer_step) + ", sampler_batch_index " +
                              std::to_string(c.sampler.batch_index) + " (expected all equal)");
-  detail::expect_checkpoint_fits(c, available_memory());
+  detail::expect_checkpoint_fits(c, available_memory(), true);
   settings s = c.config;
   s.eval_every = requested.eval_every;
   s.eval_batches = requested.eval_batches;

@@ -700,10 +700,21 @@ TEST(TrainerCheckpoint, SettingsOfAnotherModelOrThatCannotFitAreRefusedByResumeA
   // A consistent checkpoint whose model does not fit in the memory left (here a made-up 1 kB).
   dump(run.ck, run.bytes);
   const train::checkpoint good = train::read_checkpoint(run.ck);
-  EXPECT_NO_THROW(train::detail::expect_checkpoint_fits(good, std::nullopt));
-  const std::string msg = error_of<std::runtime_error>([&] { train::detail::expect_checkpoint_fits(good, 1000.0); });
-  EXPECT_EQ(msg.rfind("cannot use checkpoint '" + run.ck.string() + "': its settings cannot run here: ", 0), 0u) << msg;
-  EXPECT_NE(msg.find("more than the 1 kB available"), std::string::npos) << msg;
+  EXPECT_NO_THROW(train::detail::expect_checkpoint_fits(good, std::nullopt, true));
+  for (const bool training : {true, false}) {
+    const std::string msg = error_of<std::runtime_error>([&] { train::detail::expect_checkpoint_fits(good, 1000.0, training); });
+    EXPECT_EQ(msg.rfind("cannot use checkpoint '" + run.ck.string() + "': its settings cannot run here: ", 0), 0u) << msg;
+    EXPECT_NE(msg.find("more than the 1 kB available"), std::string::npos) << msg;
+  }
+  // Sampling needs one sequence's activations, not the run's batch: a checkpoint of a run with a large batch
+  // samples where it could not train.
+  train::settings big_batch = run.s;
+  big_batch.batch = 4096;
+  train::checkpoint wide = good;
+  wide.config = big_batch;
+  const double sampling = train::estimate_memory([&] { train::settings t = big_batch; t.batch = 1, t.eval_batches = 1; return t; }()).total();
+  EXPECT_NO_THROW(train::detail::expect_checkpoint_fits(wide, sampling, false));
+  EXPECT_THROW(train::detail::expect_checkpoint_fits(wide, sampling, true), std::runtime_error);
 }
 
 TEST(TrainerCheckpoint, ResumeAndSamplingAcceptTheSameTensors) {

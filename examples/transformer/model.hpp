@@ -63,6 +63,7 @@ class transformer {
   /// One pre-norm block: attention and FFN sub-layers, each wrapped by its own GHC.
   struct block {
     std::unique_ptr<ghc_layer<Scalar>> ghc_attn, ghc_ffn;
+    std::unique_ptr<typename ghc_layer<Scalar>::state> ws_ghc_attn, ws_ghc_ffn;  // their saved state
     nn::rmsnorm<Scalar> attn_norm, ffn_norm;
     nn::linear<Scalar> qkv;  ///< fused `3D x D`: rows `[Wq; Wk; Wv]`
     nn::linear<Scalar> proj; ///< `D x D` output projection `Wo`
@@ -77,7 +78,8 @@ class transformer {
     typename nn::swiglu<Scalar>::workspace ws_ff;
 
     block(const config& c, const width_factory<Scalar>& parts, std::uint64_t seed)
-        : ghc_attn(parts.ghc(c.width)), ghc_ffn(parts.ghc(c.width)), attn_norm(c.width), ffn_norm(c.width),
+        : ghc_attn(parts.ghc(c.width)), ghc_ffn(parts.ghc(c.width)), ws_ghc_attn(ghc_attn->make_state()),
+          ws_ghc_ffn(ghc_ffn->make_state()), attn_norm(c.width), ffn_norm(c.width),
           qkv(c.width, 3 * c.width, seed), proj(c.width, c.width, seed + 1), ffn(c.width, c.ffn(), seed + 2) {
       // GPT-2 style: 0.02 for the inputs, 0.02/sqrt(2L) for the projections back into the residual stream.
       rng r(seed + 3);
@@ -405,18 +407,18 @@ const typename transformer<Scalar>::mat& transformer<Scalar>::block_forward(bloc
   b.H_in = &H;
   b.X.resize(BT, D), b.C.resize(BT, Dw), b.a.resize(BT, D), b.qkv_out.resize(BT, 3 * D), b.o.resize(BT, D),
       b.z.resize(BT, D), b.H_mid.resize(BT, Dw);
-  b.ghc_attn->forward_width(H, b.X, b.C);
+  b.ghc_attn->forward_width(H, b.X, b.C, *b.ws_ghc_attn);
   b.attn_norm.forward(host, b.X, b.a, b.ws_an);
   b.qkv.forward(host, b.a, b.qkv_out);
   rope_.forward(host, b.qkv_out.leftCols(2 * D), T);  // q and k in one pass: the same rotation per head
   attn_.forward(host, b.qkv_out.leftCols(D), b.qkv_out.middleCols(D, D), b.qkv_out.rightCols(D), T, b.o, b.ws_att);
   b.proj.forward(host, b.o, b.z);
-  b.ghc_attn->forward_depth(b.z, b.C, b.H_mid);
+  b.ghc_attn->forward_depth(b.z, b.C, b.H_mid, *b.ws_ghc_attn);
   b.X2.resize(BT, D), b.C2.resize(BT, Dw), b.a2.resize(BT, D), b.z2.resize(BT, D), b.H_out.resize(BT, Dw);
-  b.ghc_ffn->forward_width(b.H_mid, b.X2, b.C2);
+  b.ghc_ffn->forward_width(b.H_mid, b.X2, b.C2, *b.ws_ghc_ffn);
   b.ffn_norm.forward(host, b.X2, b.a2, b.ws_fn);
   b.ffn.forward(host, b.a2, b.z2, b.ws_ff);
-  b.ghc_ffn->forward_depth(b.z2, b.C2, b.H_out);
+  b.ghc_ffn->forward_depth(b.z2, b.C2, b.H_out, *b.ws_ghc_ffn);
   return b.H_out;
 }
 
@@ -426,13 +428,13 @@ void transformer<Scalar>::block_backward(block& b, const mat& dH_out, mat& dH_in
   backward_scratch& g = scratch_;
   mat &dz2 = g.dz2, &da2 = g.da2, &dX2 = g.dX2, &dH_mid = g.dH_mid;  // (BT, D) x 3, (BT, D')
   dz2.resize(BT, D), da2.resize(BT, D), dX2.resize(BT, D), dH_mid.resize(BT, Dw);
-  b.ghc_ffn->backward_depth(dH_out, b.z2, dz2);
+  b.ghc_ffn->backward_depth(dH_out, b.z2, dz2, *b.ws_ghc_ffn);
   b.ffn.backward(host, b.a2, dz2, da2, b.ws_ff);
   b.ffn_norm.backward(host, b.X2, da2, dX2, b.ws_fn);
-  b.ghc_ffn->backward_width(b.H_mid, dX2, dH_out, dH_mid);
+  b.ghc_ffn->backward_width(b.H_mid, dX2, dH_out, dH_mid, *b.ws_ghc_ffn);
   mat &dz = g.dz, &d_o = g.d_o, &dqkv = g.dqkv, &da = g.da, &dX = g.dX;  // (BT, D), dqkv (BT, 3D)
   dz.resize(BT, D), d_o.resize(BT, D), dqkv.resize(BT, 3 * D), da.resize(BT, D), dX.resize(BT, D);
-  b.ghc_attn->backward_depth(dH_mid, b.z, dz);
+  b.ghc_attn->backward_depth(dH_mid, b.z, dz, *b.ws_ghc_attn);
   b.proj.backward(host, b.o, dz, d_o);
   attn_.backward(host, b.qkv_out.leftCols(D), b.qkv_out.middleCols(D, D), b.qkv_out.rightCols(D), d_o,
                  dqkv.leftCols(D), dqkv.middleCols(D, D), dqkv.rightCols(D), b.ws_att);
@@ -440,7 +442,7 @@ void transformer<Scalar>::block_backward(block& b, const mat& dH_out, mat& dH_in
   b.qkv.backward(host, b.a, dqkv, da);
   b.attn_norm.backward(host, b.X, da, dX, b.ws_an);
   dH_in.resize(BT, Dw);
-  b.ghc_attn->backward_width(*b.H_in, dX, dH_mid, dH_in);
+  b.ghc_attn->backward_width(*b.H_in, dX, dH_mid, dH_in, *b.ws_ghc_attn);
 }
 
 template <class Scalar>

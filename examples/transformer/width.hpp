@@ -38,20 +38,30 @@ template <class Scalar>
 using tensor_visitor =
     std::function<void(const std::string& name, Scalar* param, Scalar* grad, index_t size, bool decay)>;
 
-/// One GHC sub-layer of shape `(m, n)`, static or dynamic, with its saved state (see `vwn::basic_ghc`).
+/// One GHC sub-layer of shape `(m, n)`, static or dynamic (see `vwn::basic_ghc`). What one use of the sub-layer
+/// saves between its forward and backward calls lives in a `state` of its own, so that one sub-layer can serve
+/// several uses before their backward passes (an autograd graph that calls it twice, for instance).
 template <class Scalar>
 class ghc_layer {
  public:
+  /// Saved state of one use between its forward and backward calls.
+  class state {
+   public:
+    virtual ~state() = default;
+  };
   virtual ~ghc_layer() = default;
-  /// `H` (`T x D'`) -> `X` (`T x D`), `C` (`T x D'`).
-  virtual void forward_width(matrix_cref<Scalar> H, matrix_ref<Scalar> X, matrix_ref<Scalar> C) = 0;
-  /// `H_out = b Z + C`.
-  virtual void forward_depth(matrix_cref<Scalar> Z, matrix_cref<Scalar> C, matrix_ref<Scalar> H_out) = 0;
+  /// A fresh saved state for one use.
+  virtual std::unique_ptr<state> make_state() const = 0;
+  /// `H` (`T x D'`) -> `X` (`T x D`), `C` (`T x D'`), saving into `s`.
+  virtual void forward_width(matrix_cref<Scalar> H, matrix_ref<Scalar> X, matrix_ref<Scalar> C, state& s) const = 0;
+  /// `H_out = b Z + C`, with the coefficients saved in `s` by `forward_width`.
+  virtual void forward_depth(matrix_cref<Scalar> Z, matrix_cref<Scalar> C, matrix_ref<Scalar> H_out,
+                             const state& s) const = 0;
   /// `dZ` from `dH_out`; the gradient of `C` is `dH_out`.
-  virtual void backward_depth(matrix_cref<Scalar> dH_out, matrix_cref<Scalar> Z, matrix_ref<Scalar> dZ) = 0;
+  virtual void backward_depth(matrix_cref<Scalar> dH_out, matrix_cref<Scalar> Z, matrix_ref<Scalar> dZ, state& s) = 0;
   /// `dH` from `dX` and the total gradient `dC` of the carried state; accumulates parameter gradients.
   virtual void backward_width(matrix_cref<Scalar> H, matrix_cref<Scalar> dX, matrix_cref<Scalar> dC,
-                              matrix_ref<Scalar> dH) = 0;
+                              matrix_ref<Scalar> dH, state& s) = 0;
   /// Visits every tensor, names prefixed with `prefix` (e.g. "blocks.0.ghc_attn.").
   virtual void visit(const std::string& prefix, const tensor_visitor<Scalar>& f) = 0;
 };

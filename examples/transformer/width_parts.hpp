@@ -36,26 +36,34 @@ void visit_module(const std::string& prefix, Module& m, const tensor_visitor<Sca
 
 template <int M, int N, bool Dynamic, class Scalar>
 class ghc_part final : public ghc_layer<Scalar> {
+  using base_state = typename ghc_layer<Scalar>::state;
+  struct state final : base_state {
+    typename basic_ghc<M, N, Scalar, Dynamic>::workspace ws;
+  };
+  static auto& ws(base_state& s) { return static_cast<state&>(s).ws; }
+  static const auto& ws(const base_state& s) { return static_cast<const state&>(s).ws; }
+
  public:
   explicit ghc_part(index_t D) : layer_(D) {}
-  void forward_width(matrix_cref<Scalar> H, matrix_ref<Scalar> X, matrix_ref<Scalar> C) override {
-    layer_.forward_width(host, H, X, C, ws_);
+  std::unique_ptr<base_state> make_state() const override { return std::make_unique<state>(); }
+  void forward_width(matrix_cref<Scalar> H, matrix_ref<Scalar> X, matrix_ref<Scalar> C, base_state& s) const override {
+    layer_.forward_width(host, H, X, C, ws(s));
   }
-  void forward_depth(matrix_cref<Scalar> Z, matrix_cref<Scalar> C, matrix_ref<Scalar> H_out) override {
-    layer_.forward_depth(host, Z, C, H_out, ws_);
+  void forward_depth(matrix_cref<Scalar> Z, matrix_cref<Scalar> C, matrix_ref<Scalar> H_out,
+                     const base_state& s) const override {
+    layer_.forward_depth(host, Z, C, H_out, ws(s));
   }
-  void backward_depth(matrix_cref<Scalar> dH_out, matrix_cref<Scalar> Z, matrix_ref<Scalar> dZ) override {
-    layer_.backward_depth(host, dH_out, Z, dZ, ws_);
+  void backward_depth(matrix_cref<Scalar> dH_out, matrix_cref<Scalar> Z, matrix_ref<Scalar> dZ, base_state& s) override {
+    layer_.backward_depth(host, dH_out, Z, dZ, ws(s));
   }
-  void backward_width(matrix_cref<Scalar> H, matrix_cref<Scalar> dX, matrix_cref<Scalar> dC,
-                      matrix_ref<Scalar> dH) override {
-    layer_.backward_width(host, H, dX, dC, dH, ws_);
+  void backward_width(matrix_cref<Scalar> H, matrix_cref<Scalar> dX, matrix_cref<Scalar> dC, matrix_ref<Scalar> dH,
+                      base_state& s) override {
+    layer_.backward_width(host, H, dX, dC, dH, ws(s));
   }
   void visit(const std::string& prefix, const tensor_visitor<Scalar>& f) override { visit_module(prefix, layer_, f); }
 
  private:
   basic_ghc<M, N, Scalar, Dynamic> layer_;
-  typename basic_ghc<M, N, Scalar, Dynamic>::workspace ws_;
 };
 
 // The embedding's table gradient is kept dense (`V x width`): the sparse rows of each backward are added in.

@@ -1,0 +1,493 @@
+"""Tests of vwn_torch (examples/pytorch): vwn's primitives as PyTorch autograd operators.
+
+Run by ctest (tests/CMakeLists.txt) as `python3 -m unittest` with PYTHONPATH=<build>/python and VWN_TRAIN set to
+the vwn-train program (for the checkpoint test). Every check compares with an independent pure-PyTorch
+implementation of the math of docs/math.md written below (autograd differentiates it), or with finite differences
+(torch.autograd.gradcheck, double). Inputs and parameters are fresh random draws each run; the seed is printed and
+VWN_TEST_SEED replays it. Outputs are poisoned (VWN_TORCH_POISON=1: they start as NaN).
+"""
+
+import math
+import os
+import random
+import subprocess
+import tempfile
+import unittest
+
+import torch
+
+# Every output of vwn_torch's operators starts as NaN: an entry an operator fails to write shows as NaN.
+os.environ.setdefault("VWN_TORCH_POISON", "1")
+
+import vwn_torch  # noqa: E402
+from vwn_torch import _C
+
+SEED = int(os.environ.get("VWN_TEST_SEED", random.SystemRandom().randrange(2**31)))
+print(f"test_vwn_torch: seed {SEED} (VWN_TEST_SEED={SEED} replays it)", flush=True)
+
+# Shapes the tests cover: (1,1) is a plain residual, (2,3) fractional r (no GroupNorm), (4,8) r = 2 with GroupNorm.
+SHAPES = [(1, 1), (2, 3), (4, 8)]
+EPS = 1e-6  # the epsilon of every normalisation (docs/math.md)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The math, written independently in plain PyTorch (docs/math.md); autograd gives its gradients.
+# ----------------------------------------------------------------------------------------------------------------
+
+def ref_coefficients(H, m, n, p, dynamic):
+    """[a | b] per token: a [T, n, m+n], b [T, n, m]. H: [T, n, db]."""
+    T, _, db = H.shape
+    if not dynamic:
+        return p["alpha"].expand(T, n, m + n), p["beta"].expand(T, n, m)
+    u = H / torch.sqrt((H * H).mean(dim=-1, keepdim=True) + EPS)
+    Hn = u * p["g"]
+    W = torch.cat([p["W_alpha"], p["W_beta"]], dim=1)          # [db, 2m+n]
+    P = torch.tanh(Hn @ W / math.sqrt(db))                      # [T, n, 2m+n]
+    a = p["S_alpha"] * P[..., : m + n] + p["alpha"]
+    b = p["S_beta"] * P[..., m + n:] + p["beta"]
+    return a, b
+
+
+def ref_ghc(H, backbone, m, n, p, dynamic):
+    """H_out = b backbone(X) + C for H [..., D']."""
+    lead = H.shape[:-1]
+    Dw = H.shape[-1]
+    db = Dw // n
+    Ht = H.reshape(-1, n, db)
+    a, b = ref_coefficients(Ht, m, n, p, dynamic)
+    mix = torch.einsum("tjk,tjd->tkd", a, Ht)                   # a^T H: [T, m+n, db]
+    X = mix[:, :m].reshape(*lead, m * db)
+    C = mix[:, m:].reshape(-1, n, db)
+    Z = backbone(X).reshape(-1, m, db)
+    return (torch.einsum("tjk,tkd->tjd", b, Z) + C).reshape(*lead, Dw)
+
+
+def ref_embedding(tokens, p, lowrank):
+    if lowrank:
+        return p["E_base"][tokens] @ p["W_expand"].T
+    return p["E"][tokens]
+
+
+def ref_reduce_head(H, m, n, dim, p):
+    if n == m:
+        return H
+    x = H
+    if n % m == 0:
+        r = n // m
+        g = H.reshape(*H.shape[:-1], r, dim)
+        mean = g.mean(dim=-1, keepdim=True)
+        var = ((g - mean) ** 2).mean(dim=-1, keepdim=True)      # biased
+        x = ((g - mean) / torch.sqrt(var + EPS)).reshape(H.shape) * p["gn_weight"] + p["gn_bias"]
+    return x @ p["W_reduce"].T
+
+
+def ref_mixer(A, B, n, p):
+    db = A.shape[-1] // n
+    cat = torch.cat([A.reshape(*A.shape[:-1], n, db), B.reshape(*B.shape[:-1], n, db)], dim=-1)
+    return (cat @ p["W_mix"].T).reshape(A.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+def randomise(module, gen, scale=0.3):
+    """Moves every parameter away from its initial value (the dynamic path is dead at initialisation: W = 0)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def params_dict(module, detach_clone=True):
+    out = {}
+    for name, p in module.named_parameters():
+        out[name] = p.detach().clone().requires_grad_(True) if detach_clone else p
+    return out
+
+
+def tol(dtype):
+    """(rtol, atol) for comparing two orders of summation of the same values: float64 round-off of sums of at most
+    a few hundred products of O(1) values is ~1e-14 relative; float32 is ~1e-6, with a margin for cancellation."""
+    return (1e-9, 1e-10) if dtype == torch.float64 else (2e-4, 2e-5)
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.gen = torch.Generator().manual_seed(SEED + hash(self.id()) % 1000)
+
+    def rand(self, *shape, dtype=torch.float64):
+        return torch.randn(*shape, generator=self.gen, dtype=dtype)
+
+    def assertClose(self, got, want, dtype, what):
+        rtol, atol = tol(dtype)
+        scale = max(1.0, want.abs().max().item())
+        err = (got - want).abs().max().item()
+        self.assertTrue(torch.allclose(got, want, rtol=rtol, atol=atol * scale),
+                        f"{what}: max |got - want| = {err:.3e} (scale {scale:.3e}, rtol {rtol}, atol {atol})")
+
+
+def backbone_of(dim, gen, dtype):
+    """A fixed nonlinear backbone Z = tanh(X W) (its weight does not train)."""
+    W = torch.randn(dim, dim, generator=gen, dtype=dtype) / math.sqrt(dim)
+    return lambda X: torch.tanh(X @ W)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# gradcheck (finite differences in double) on every module
+# ----------------------------------------------------------------------------------------------------------------
+
+class GradCheck(Base):
+    def test_ghc(self):
+        for (m, n) in SHAPES:
+            for dynamic in (False, True):
+                with self.subTest(m=m, n=n, dynamic=dynamic):
+                    dim = 4 * m
+                    ghc = vwn_torch.GHC(m, n, dim, dynamic=dynamic, dtype=torch.float64)
+                    randomise(ghc, self.gen)
+                    params = [p.detach().clone().requires_grad_(True) for p in ghc.parameters()]
+                    H = self.rand(2, 3, n * dim // m).requires_grad_(True)
+                    backbone = backbone_of(dim, self.gen, torch.float64)
+
+                    def f(H, *ps):
+                        X, carry = _C.ghc_width(ghc._core, H, list(ps))
+                        return _C.ghc_depth(backbone(X), carry, list(ps))
+
+                    self.assertTrue(torch.autograd.gradcheck(f, (H, *params), eps=1e-6, atol=1e-7, rtol=1e-5))
+
+    def test_embedding(self):
+        for (m, n) in SHAPES:
+            for lowrank in (False, True):
+                with self.subTest(m=m, n=n, lowrank=lowrank):
+                    dim, vocab = 2 * m, 7
+                    emb = vwn_torch.OverWidthEmbedding(m, n, vocab, dim, lowrank=lowrank, dtype=torch.float64)
+                    params = [p.detach().clone().requires_grad_(True) for p in emb.parameters()]
+                    tokens = torch.randint(0, vocab, (2, 5), generator=self.gen)
+                    f = lambda *ps: _C.embedding_forward(emb._core, tokens, list(ps))
+                    self.assertTrue(torch.autograd.gradcheck(f, tuple(params), eps=1e-6, atol=1e-7, rtol=1e-5))
+
+    def test_reduce_head(self):
+        for (m, n) in SHAPES + [(1, 2), (2, 4)]:
+            with self.subTest(m=m, n=n):
+                dim = 4 * m
+                head = vwn_torch.ReduceHead(m, n, dim, dtype=torch.float64)
+                randomise(head, self.gen)
+                params = [p.detach().clone().requires_grad_(True) for p in head.parameters()]
+                H = self.rand(3, 2, n * dim // m).requires_grad_(True)
+                f = lambda H, *ps: _C.reduce_head_forward(head._core, H, list(ps))
+                self.assertTrue(torch.autograd.gradcheck(f, (H, *params), eps=1e-6, atol=1e-7, rtol=1e-5))
+
+    def test_mtp_mixer(self):
+        for (m, n) in SHAPES:
+            with self.subTest(m=m, n=n):
+                dim = 2 * m
+                mix = vwn_torch.MTPMixer(m, n, dim, dtype=torch.float64)
+                params = [p.detach().clone().requires_grad_(True) for p in mix.parameters()]
+                A = self.rand(2, 3, n * dim // m).requires_grad_(True)
+                B = self.rand(2, 3, n * dim // m).requires_grad_(True)
+                f = lambda A, B, *ps: _C.mtp_mixer_forward(mix._core, A, B, list(ps))
+                self.assertTrue(torch.autograd.gradcheck(f, (A, B, *params), eps=1e-6, atol=1e-7, rtol=1e-5))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Agreement with the pure-PyTorch math, float32 and float64, outputs and every gradient
+# ----------------------------------------------------------------------------------------------------------------
+
+class Reference(Base):
+    def compare_grads(self, module, ref_params, inputs, ref_inputs, dtype, what):
+        for name, p in module.named_parameters():
+            want = ref_params[name].grad
+            if want is None:  # the reference did not use it: its gradient is zero
+                want = torch.zeros_like(p)
+            self.assertClose(p.grad, want, dtype, f"{what}: d{name}")
+        for i, (x, r) in enumerate(zip(inputs, ref_inputs)):
+            self.assertClose(x.grad, r.grad, dtype, f"{what}: input {i} gradient")
+
+    def test_ghc(self):
+        for dtype in (torch.float32, torch.float64):
+            for (m, n) in SHAPES + [(8, 32)]:
+                for dynamic in (False, True):
+                    with self.subTest(dtype=dtype, m=m, n=n, dynamic=dynamic):
+                        dim = 8 * m
+                        ghc = vwn_torch.GHC(m, n, dim, dynamic=dynamic, dtype=dtype)
+                        randomise(ghc, self.gen)
+                        ref_p = params_dict(ghc)
+                        backbone = backbone_of(dim, self.gen, dtype)
+                        H = self.rand(3, 5, n * dim // m, dtype=dtype)
+                        H1, H2 = H.clone().requires_grad_(True), H.clone().requires_grad_(True)
+                        out = ghc(H1, backbone)
+                        want = ref_ghc(H2, backbone, m, n, ref_p, dynamic)
+                        self.assertClose(out, want, dtype, f"{ghc}: H_out")
+                        g = self.rand(*H.shape, dtype=dtype)
+                        (out * g).sum().backward()
+                        (want * g).sum().backward()
+                        self.compare_grads(ghc, ref_p, [H1], [H2], dtype, str(ghc))
+
+    def test_ghc_used_twice_in_one_graph(self):
+        # Two uses of one sub-layer before one backward: each keeps its own saved coefficients.
+        m, n, dim, dtype = 2, 3, 8, torch.float64
+        ghc = vwn_torch.DGHC(m, n, dim, dtype=dtype)
+        randomise(ghc, self.gen)
+        ref_p = params_dict(ghc)
+        backbone = backbone_of(dim, self.gen, dtype)
+        H = self.rand(4, n * dim // m, dtype=dtype)
+        H1, H2 = H.clone().requires_grad_(True), H.clone().requires_grad_(True)
+        out = ghc(ghc(H1, backbone), backbone)
+        want = ref_ghc(ref_ghc(H2, backbone, m, n, ref_p, True), backbone, m, n, ref_p, True)
+        self.assertClose(out, want, dtype, "twice: H_out")
+        out.sum().backward()
+        want.sum().backward()
+        self.compare_grads(ghc, ref_p, [H1], [H2], dtype, "twice")
+
+    def test_width_and_depth_separately(self):
+        # X and C both feed the loss directly, and the depth output too: every path's gradient adds up.
+        m, n, dim, dtype = 4, 8, 16, torch.float64
+        ghc = vwn_torch.DGHC(m, n, dim, dtype=dtype)
+        randomise(ghc, self.gen)
+        ref_p = params_dict(ghc)
+        H = self.rand(6, n * dim // m, dtype=dtype)
+        H1, H2 = H.clone().requires_grad_(True), H.clone().requires_grad_(True)
+        X, carry = ghc.width(H1)
+        out = ghc.depth(torch.sin(X), carry)
+        loss = out.square().sum() + X.sum() + 0.5 * carry.C.square().sum()
+        # reference: the same quantities
+        db = dim // m
+        Ht = H2.reshape(-1, n, db)
+        a, b = ref_coefficients(Ht, m, n, ref_p, True)
+        mix = torch.einsum("tjk,tjd->tkd", a, Ht)
+        Xr, Cr = mix[:, :m].reshape(-1, dim), mix[:, m:]
+        outr = (torch.einsum("tjk,tkd->tjd", b, torch.sin(Xr).reshape(-1, m, db)) + Cr).reshape(H.shape)
+        lossr = outr.square().sum() + Xr.sum() + 0.5 * Cr.square().sum()
+        self.assertClose(X, Xr, dtype, "X")
+        self.assertClose(carry.C, Cr.reshape(H.shape), dtype, "C")
+        loss.backward()
+        lossr.backward()
+        self.compare_grads(ghc, ref_p, [H1], [H2], dtype, "width+depth")
+
+    def test_depth_output_unused(self):
+        # Only X reaches the loss: the depth node never runs backward, its coefficient gradients count as zero.
+        m, n, dim, dtype = 2, 3, 8, torch.float64
+        ghc = vwn_torch.DGHC(m, n, dim, dtype=dtype)
+        randomise(ghc, self.gen)
+        ref_p = params_dict(ghc)
+        H = self.rand(5, n * dim // m, dtype=dtype)
+        H1, H2 = H.clone().requires_grad_(True), H.clone().requires_grad_(True)
+        X, carry = ghc.width(H1)
+        ghc.depth(X * 2, carry)  # built, not used
+        X.square().sum().backward()
+        Ht = H2.reshape(-1, n, dim // m)
+        a, _ = ref_coefficients(Ht, m, n, ref_p, True)
+        torch.einsum("tjk,tjd->tkd", a, Ht)[:, :m].square().sum().backward()
+        self.compare_grads(ghc, ref_p, [H1], [H2], dtype, "depth unused")
+
+    def test_embedding(self):
+        for dtype in (torch.float32, torch.float64):
+            for (m, n) in SHAPES:
+                for lowrank in (False, True):
+                    with self.subTest(dtype=dtype, m=m, n=n, lowrank=lowrank):
+                        dim, vocab = 4 * m, 11
+                        emb = vwn_torch.OverWidthEmbedding(m, n, vocab, dim, lowrank=lowrank, dtype=dtype)
+                        ref_p = params_dict(emb)
+                        tokens = torch.randint(0, vocab, (3, 7), generator=self.gen)  # repeats: summed rows
+                        out = emb(tokens)
+                        want = ref_embedding(tokens, ref_p, lowrank)
+                        self.assertEqual(tuple(out.shape), (3, 7, n * dim // m))
+                        self.assertClose(out, want, dtype, "H0")
+                        self.assertTrue(torch.equal(emb(tokens.to(torch.int32)), out), "int32 tokens")
+                        g = self.rand(*out.shape, dtype=dtype)
+                        (out * g).sum().backward()
+                        (want * g).sum().backward()
+                        self.compare_grads(emb, ref_p, [], [], dtype, "embedding")
+
+    def test_reduce_head(self):
+        for dtype in (torch.float32, torch.float64):
+            for (m, n) in SHAPES + [(1, 2), (2, 4), (8, 64)]:
+                with self.subTest(dtype=dtype, m=m, n=n):
+                    dim = 8 * m
+                    head = vwn_torch.ReduceHead(m, n, dim, dtype=dtype)
+                    randomise(head, self.gen)
+                    ref_p = params_dict(head)
+                    H = self.rand(2, 5, n * dim // m, dtype=dtype)
+                    H1, H2 = H.clone().requires_grad_(True), H.clone().requires_grad_(True)
+                    out = head(H1)
+                    want = ref_reduce_head(H2, m, n, dim, ref_p)
+                    self.assertClose(out, want, dtype, "h")
+                    g = self.rand(*out.shape, dtype=dtype)
+                    (out * g).sum().backward()
+                    (want * g).sum().backward()
+                    self.compare_grads(head, ref_p, [H1], [H2], dtype, "reduce head")
+
+    def test_mtp_mixer(self):
+        for dtype in (torch.float32, torch.float64):
+            for (m, n) in SHAPES:
+                with self.subTest(dtype=dtype, m=m, n=n):
+                    dim = 8 * m
+                    mix = vwn_torch.MTPMixer(m, n, dim, dtype=dtype)
+                    ref_p = params_dict(mix)
+                    A, B = self.rand(4, n * dim // m, dtype=dtype), self.rand(4, n * dim // m, dtype=dtype)
+                    ins = [A.clone().requires_grad_(True), B.clone().requires_grad_(True)]
+                    refs = [A.clone().requires_grad_(True), B.clone().requires_grad_(True)]
+                    out = mix(*ins)
+                    want = ref_mixer(*refs, n, ref_p)
+                    self.assertClose(out, want, dtype, "U")
+                    g = self.rand(*out.shape, dtype=dtype)
+                    (out * g).sum().backward()
+                    (want * g).sum().backward()
+                    self.compare_grads(mix, ref_p, ins, refs, dtype, "mixer")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Modules, parameters and optimisers
+# ----------------------------------------------------------------------------------------------------------------
+
+class Modules(Base):
+    def test_parameter_names_and_shapes(self):
+        ghc = vwn_torch.DGHC(2, 3, 16)
+        self.assertEqual([(k, tuple(v.shape)) for k, v in ghc.named_parameters()],
+                         [("alpha", (3, 5)), ("beta", (3, 2)), ("W_alpha", (8, 5)), ("W_beta", (8, 2)),
+                          ("S_alpha", (3, 5)), ("S_beta", (3, 2)), ("g", (8,))])
+        self.assertEqual(ghc.weight_decay_names(), ["W_alpha", "W_beta", "S_alpha", "S_beta"])
+        self.assertEqual([k for k, _ in vwn_torch.GHC(2, 3, 16).named_parameters()], ["alpha", "beta"])
+        self.assertEqual([(k, tuple(v.shape)) for k, v in vwn_torch.ReduceHead(4, 8, 16).named_parameters()],
+                         [("gn_weight", (32,)), ("gn_bias", (32,)), ("W_reduce", (16, 32))])
+        self.assertEqual(list(vwn_torch.ReduceHead(2, 2, 16).parameters()), [])
+        self.assertEqual([(k, tuple(v.shape)) for k, v in vwn_torch.OverWidthEmbedding(2, 3, 10, 16, lowrank=True).named_parameters()],
+                         [("E_base", (10, 16)), ("W_expand", (24, 16))])
+        self.assertEqual([(k, tuple(v.shape)) for k, v in vwn_torch.MTPMixer(2, 3, 16).named_parameters()],
+                         [("W_mix", (8, 16))])
+
+    def test_initialisation_is_the_papers(self):
+        # (1,1) at initialisation is exactly x + T(x); (2,3) carries H and adds Z[j mod m] to slot j.
+        ghc = vwn_torch.DGHC(1, 1, 8, dtype=torch.float64)
+        H = self.rand(5, 8)
+        self.assertTrue(torch.equal(ghc(H, torch.sin), H + torch.sin(H)))
+        ghc = vwn_torch.GHC(2, 3, 8, dtype=torch.float64)
+        H = self.rand(5, 12)
+        Z = torch.cos(H[:, :8])
+        want = H.clone()
+        for j in range(3):
+            want[:, 4 * j:4 * j + 4] += Z[:, 4 * (j % 2):4 * (j % 2) + 4]
+        self.assertTrue(torch.equal(ghc(H, torch.cos), want))
+
+    def test_optimiser_updates_reach_the_primitive(self):
+        # AdamW updates the parameters in place (shared memory); the next forward must use the new values, and
+        # load_state_dict (copy_) too.
+        m, n, dim, dtype = 2, 3, 8, torch.float64
+        ghc = vwn_torch.DGHC(m, n, dim, dtype=dtype)
+        backbone = backbone_of(dim, self.gen, dtype)
+        opt = torch.optim.AdamW(ghc.parameters(), lr=0.05)
+        H = self.rand(6, n * dim // m, dtype=dtype)
+        for _ in range(3):
+            opt.zero_grad()
+            ghc(H, backbone).square().sum().backward()
+            opt.step()
+        self.assertClose(ghc(H, backbone), ref_ghc(H, backbone, m, n, params_dict(ghc), True), dtype, "after AdamW")
+        other = vwn_torch.DGHC(m, n, dim, dtype=dtype)
+        other.load_state_dict(ghc.state_dict())
+        self.assertTrue(torch.equal(other(H, backbone), ghc(H, backbone)), "after load_state_dict")
+
+    def test_replaced_parameter_is_used(self):
+        ghc = vwn_torch.GHC(2, 3, 8, dtype=torch.float64)
+        ghc.alpha = torch.nn.Parameter(self.rand(3, 5))  # new memory: copied in at the next forward
+        H = self.rand(4, 12)
+        self.assertClose(ghc(H, torch.tanh), ref_ghc(H, torch.tanh, 2, 3, params_dict(ghc), False), torch.float64,
+                         "replaced alpha")
+
+    def test_errors_name_expected_and_got(self):
+        ghc = vwn_torch.DGHC(2, 3, 16)
+        cases = [
+            (lambda: vwn_torch.DGHC(3, 5, 15), ValueError, "expected one of the shapes this build compiled, " + _C.compiled_shapes()),
+            (lambda: vwn_torch.DGHC(2, 3, 15), ValueError, "dim: expected a positive multiple of m = 2, got 15"),
+            (lambda: ghc(torch.zeros(4, 25), torch.tanh), ValueError, "H: expected shape [..., 24], got [4, 25]"),
+            (lambda: ghc(torch.zeros(4, 24, dtype=torch.float64), torch.tanh), TypeError, "H: expected dtype float32 (the module's), got float64"),
+            (lambda: ghc(torch.zeros(24, 4).T, torch.tanh), ValueError, "H: expected a contiguous (row-major) tensor"),
+            (lambda: ghc(torch.zeros(0, 24), torch.tanh), ValueError, "H: expected at least one token"),
+            (lambda: ghc(torch.zeros(4, 24), lambda X: X[:2]), ValueError, "Z: expected the leading dimensions of its partner, [4], got [2]"),
+            (lambda: vwn_torch.OverWidthEmbedding(2, 3, 10, 16)(torch.tensor([1, 10])), IndexError,
+             "tokens: expected 0 <= token < vocabulary size 10, got 10 at flat position 1"),
+            (lambda: vwn_torch.OverWidthEmbedding(2, 3, 10, 16)(torch.tensor([2**32 + 1])), IndexError, "got 4294967297"),
+            (lambda: vwn_torch.OverWidthEmbedding(2, 3, 10, 16)(torch.tensor([1.0])), TypeError, "tokens: expected dtype int64 or int32"),
+            (lambda: vwn_torch.MTPMixer(2, 3, 16)(torch.zeros(4, 24), torch.zeros(5, 24)), ValueError, "B: expected the leading dimensions"),
+            (lambda: vwn_torch.DGHC(2, 3, 16, dtype=torch.float16), TypeError, "expected torch.float32 or torch.float64"),
+        ]
+        for fn, kind, text in cases:
+            with self.subTest(text=text):
+                with self.assertRaises(kind) as e:
+                    fn()
+                self.assertIn(text, str(e.exception))
+
+    def test_converted_module_is_refused(self):
+        ghc = vwn_torch.DGHC(2, 3, 16).to(torch.float64)
+        with self.assertRaises(TypeError) as e:
+            ghc(torch.zeros(4, 24, dtype=torch.float64), torch.tanh)
+        self.assertIn("expected dtype float32", str(e.exception))
+
+    def test_carry_feeds_one_depth(self):
+        ghc = vwn_torch.DGHC(2, 3, 16)
+        X, carry = ghc.width(torch.randn(4, 24))
+        ghc.depth(X, carry)
+        with self.assertRaises(ValueError) as e:
+            ghc.depth(X, carry)
+        self.assertIn("already consumed", str(e.exception))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vwn-train checkpoints load into the modules
+# ----------------------------------------------------------------------------------------------------------------
+
+class Checkpoint(Base):
+    def test_checkpoint_loads_into_modules(self):
+        program = os.environ.get("VWN_TRAIN")
+        if not program:
+            self.skipTest("VWN_TRAIN (the vwn-train program) not set")
+        with tempfile.TemporaryDirectory() as d:
+            corpus = os.path.join(d, "corpus.txt")
+            with open(corpus, "w") as f:
+                f.write("the quick brown fox jumps over the lazy dog. " * 200)
+            out = os.path.join(d, "run")
+            subprocess.run([program, "--data", corpus, "--out", out, "--m", "2", "--n", "4", "--width", "16",
+                            "--layers", "2", "--heads", "2", "--context", "16", "--batch", "2", "--steps", "3",
+                            "--warmup", "1", "--eval-every", "3", "--eval-batches", "1", "--sample", "0",
+                            "--threads", "1", "--lowrank", "--mtp"], check=True, capture_output=True)
+            tensors, meta = vwn_torch.read_checkpoint(os.path.join(out, "checkpoint.safetensors"))
+        m, n, dim = int(meta["config.m"]), int(meta["config.n"]), int(meta["config.width"])
+        dynamic, lowrank = meta["config.dynamic"] == "true", meta["config.lowrank"] == "true"
+        self.assertEqual((m, n, dim, dynamic, lowrank), (2, 4, 16, True, True))
+        modules = {"model.embed.": vwn_torch.OverWidthEmbedding(m, n, 256, dim, lowrank=lowrank),
+                   "model.head.": vwn_torch.ReduceHead(m, n, dim),
+                   "model.mtp.mixer.": vwn_torch.MTPMixer(m, n, dim)}
+        for block in ["model.blocks.0.", "model.blocks.1.", "model.mtp.block."]:
+            for sub in ["ghc_attn.", "ghc_ffn."]:
+                modules[block + sub] = vwn_torch.GHC(m, n, dim, dynamic=dynamic)
+        used = set()
+        for prefix, module in modules.items():
+            module.load_vwn(tensors, prefix)
+            for name, p in module.named_parameters():
+                self.assertTrue(torch.equal(p.detach().reshape(-1), tensors[prefix + name]), prefix + name)
+                used.add(prefix + name)
+        # Every width tensor of the checkpoint found its module.
+        width_names = {k for k in tensors if k.startswith(("model.embed.", "model.head.", "model.mtp.mixer.")) or
+                       (k.startswith("model.") and ".ghc_" in k)}
+        self.assertEqual(width_names, used)
+        # The layout is the documented one: the loaded DGHC computes what the reference math computes from the
+        # flat tensors reshaped per docs/checkpoint.md.
+        prefix = "model.blocks.1.ghc_ffn."
+        db = dim // m
+        shapes = {"alpha": (n, m + n), "beta": (n, m), "W_alpha": (db, m + n), "W_beta": (db, m),
+                  "S_alpha": (n, m + n), "S_beta": (n, m), "g": (db,)}
+        ref_p = {k: tensors[prefix + k].reshape(s) for k, s in shapes.items()}
+        H = self.rand(7, n * db, dtype=torch.float32)
+        self.assertClose(modules[prefix](H, torch.tanh), ref_ghc(H, torch.tanh, m, n, ref_p, True), torch.float32,
+                         "checkpoint DGHC")
+        # A tensor of the wrong size is refused before anything is copied.
+        bad = dict(tensors)
+        bad["model.head.W_reduce"] = bad["model.head.W_reduce"][:-1]
+        before = [p.detach().clone() for p in modules["model.head."].parameters()]
+        with self.assertRaises(ValueError) as e:
+            modules["model.head."].load_vwn(bad, "model.head.")
+        self.assertIn("expected 512 values (shape [16, 32]), got 511", str(e.exception))
+        for b, p in zip(before, modules["model.head."].parameters()):
+            self.assertTrue(torch.equal(b, p.detach()))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -12,6 +12,9 @@ using namespace vwn::libtorch;
 
 namespace {
 torch::Dtype dtype_of(const py::object& o) { return torch::python::detail::py_object_to_dtype(o); }
+// The operators run without the GIL (vwn's loops never call into Python): other Python threads, a data loader's for
+// instance, go on meanwhile. Arguments are converted before and results after, with the GIL held.
+using release_gil = py::call_guard<py::gil_scoped_release>;
 // The primitive is opaque (vwn_torch.hpp); Python holds it through this handle.
 struct handle {
   std::shared_ptr<primitive> p;
@@ -46,15 +49,15 @@ PYBIND11_MODULE(_C, mod) {
       "ghc_width",
       [](const handle& h, const torch::Tensor& H, const std::vector<torch::Tensor>& params) {
         ghc_width_result r = ghc_width(h.p, H, params);
-        return py::make_tuple(r.X, r.carry);
+        return std::make_pair(r.X, r.carry);
       },
-      py::arg("ghc"), py::arg("H"), py::arg("params"));
+      py::arg("ghc"), py::arg("H"), py::arg("params"), release_gil());
   mod.def(
       "ghc_depth",
       [](const torch::Tensor& Z, const ghc_carry& carry, const std::vector<torch::Tensor>& params) {
         return ghc_depth(Z, carry, params);
       },
-      py::arg("Z"), py::arg("carry"), py::arg("params"));
+      py::arg("Z"), py::arg("carry"), py::arg("params"), release_gil());
 
   mod.def("make_embedding", [](int m, int n, std::int64_t vocab, std::int64_t dim, bool lowrank, std::uint64_t seed,
                               const py::object& dtype) {
@@ -66,7 +69,7 @@ PYBIND11_MODULE(_C, mod) {
       [](const handle& h, const torch::Tensor& tokens, const std::vector<torch::Tensor>& params) {
         return embedding_forward(h.p, tokens, params);
       },
-      py::arg("embedding"), py::arg("tokens"), py::arg("params"));
+      py::arg("embedding"), py::arg("tokens"), py::arg("params"), release_gil());
 
   mod.def("make_reduce_head", [](int m, int n, std::int64_t dim, std::uint64_t seed, const py::object& dtype) {
             return handle{make_reduce_head(m, n, dim, seed, dtype_of(dtype))};
@@ -77,7 +80,7 @@ PYBIND11_MODULE(_C, mod) {
       [](const handle& h, const torch::Tensor& H, const std::vector<torch::Tensor>& params) {
         return reduce_head_forward(h.p, H, params);
       },
-      py::arg("head"), py::arg("H"), py::arg("params"));
+      py::arg("head"), py::arg("H"), py::arg("params"), release_gil());
 
   mod.def("make_mtp_mixer", [](int m, int n, std::int64_t dim, std::uint64_t seed, const py::object& dtype) {
             return handle{make_mtp_mixer(m, n, dim, seed, dtype_of(dtype))};
@@ -87,7 +90,7 @@ PYBIND11_MODULE(_C, mod) {
       "mtp_mixer_forward",
       [](const handle& h, const torch::Tensor& A, const torch::Tensor& B,
          const std::vector<torch::Tensor>& params) { return mtp_mixer_forward(h.p, A, B, params); },
-      py::arg("mixer"), py::arg("A"), py::arg("B"), py::arg("params"));
+      py::arg("mixer"), py::arg("A"), py::arg("B"), py::arg("params"), release_gil());
 
   mod.def(
       "read_checkpoint",

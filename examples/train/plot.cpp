@@ -14,14 +14,26 @@ std::string shell_quote(const std::string& s) {
   return out + "'";
 }
 
-/// `s` in double quotes for gnuplot.
+}  // namespace
+
 std::string gnuplot_quote(const std::string& s) {
   std::string out;
   for (char c : s) out += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
   return "\"" + out + "\"";
 }
 
-}  // namespace
+std::string gnuplot_png_terminal(int width, int height) {
+  const std::string size = std::to_string(width) + "," + std::to_string(height);
+  return "if (strstrt(GPVAL_TERMINALS, \"pngcairo\") > 0) { set terminal pngcairo size " + size +
+         " } else { set terminal png size " + size + " }\n";
+}
+
+std::string run_gnuplot(const std::filesystem::path& script) {
+  if (!have_gnuplot()) return "gnuplot not found (install gnuplot-nox, e.g. with scripts/setup.sh)";
+  const int rc = std::system(("gnuplot " + shell_quote(script.string()) + " 2>&1").c_str());
+  if (rc != 0) return "gnuplot failed on '" + script.string() + "' (status " + std::to_string(rc) + ")";
+  return {};
+}
 
 bool have_gnuplot() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
 
@@ -43,7 +55,7 @@ std::string plot_losses(const std::vector<log_row>& rows, const std::filesystem:
       o << r.step << " " << *r.val_next << " " << (r.val_next2 ? *r.val_next2 : 0.0) << "\n";
     }
   o << "EOD\n";
-  o << "if (strstrt(GPVAL_TERMINALS, \"pngcairo\") > 0) { set terminal pngcairo size 1000,600 } else { set terminal png size 1000,600 }\n";
+  o << gnuplot_png_terminal(1000, 600);
   o << "set output " << gnuplot_quote(png.string()) << "\n";
   o << "set title " << gnuplot_quote(title) << " noenhanced\n";
   o << "set xlabel \"step\"\nset ylabel \"cross-entropy (nats)\"\nset grid\nset key top right\n";
@@ -54,9 +66,7 @@ std::string plot_losses(const std::vector<log_row>& rows, const std::filesystem:
   o << "\n";
   o.close();
   if (!o) return "cannot write the gnuplot script '" + script.string() + "'";
-  const int rc = std::system(("gnuplot " + shell_quote(script.string()) + " 2>&1").c_str());
-  if (rc != 0) return "gnuplot failed on '" + script.string() + "' (status " + std::to_string(rc) + ")";
-  return {};
+  return run_gnuplot(script);
 }
 
 }  // namespace vwn::train

@@ -1,6 +1,6 @@
 #pragma once
 /// \file plot.hpp
-/// The loss plot `loss.png` of a training log, drawn by gnuplot when it is installed.
+/// The loss plot `loss.png` of a training log, drawn by gnuplot when it is installed, and what other plots share.
 
 #include <filesystem>
 #include <string>
@@ -12,6 +12,15 @@ namespace vwn::train {
 
 /// Whether a `gnuplot` program is on the PATH.
 bool have_gnuplot();
+
+/// `s` in double quotes for a gnuplot script.
+std::string gnuplot_quote(const std::string& s);
+
+/// The line of a gnuplot script that selects a PNG terminal of `width` x `height` (pngcairo where gnuplot has it).
+std::string gnuplot_png_terminal(int width, int height);
+
+/// Runs gnuplot on `script`; returns an empty string on success, otherwise why not (gnuplot missing or failing).
+std::string run_gnuplot(const std::filesystem::path& script);
 
 /// Plots the training loss and the validation next / next-2-token losses of a log against the step into
 /// `png`, through a gnuplot script written next to it (`png` with extension `.gp`, data inline). Returns

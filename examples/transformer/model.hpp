@@ -120,6 +120,16 @@ class transformer {
   /// Over-width `D'`.
   index_t wide_width() const { return cfg_.shape.n * block_width(); }
 
+  /// Number of GHC sub-layers of the main stack, `2 L` (attention and FFN of each block, in order; the MTP block's
+  /// two are not counted).
+  index_t ghc_sublayers() const { return index_t(2 * blocks_.size()); }
+  /// The coefficients `[a | b]` (`n x (2m+n)`) that GHC sub-layer `k` (`0 <= k < ghc_sublayers()`) used for row `t`
+  /// (`b*T + t`) of the last forward.
+  matrix<Scalar> ghc_coefficients(index_t k, index_t t) const {
+    const block& b = *blocks_.at(std::size_t(k / 2));
+    return k % 2 == 0 ? b.ghc_attn->token_coefficients(*b.ws_ghc_attn, t) : b.ghc_ffn->token_coefficients(*b.ws_ghc_ffn, t);
+  }
+
   /// Main-head logits (`B*T x V`) of the last forward: row `b*T + t` predicts the token after position `t`.
   const matrix<Scalar>& logits() const { return main_.logits; }
 

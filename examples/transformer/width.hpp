@@ -62,6 +62,9 @@ class ghc_layer {
   /// `dH` from `dX` and the total gradient `dC` of the carried state; accumulates parameter gradients.
   virtual void backward_width(matrix_cref<Scalar> H, matrix_cref<Scalar> dX, matrix_cref<Scalar> dC,
                               matrix_ref<Scalar> dH, state& s) = 0;
+  /// The coefficients `[a | b]` (`n x (2m+n)`) that the forward saved in `s` used for token `t` (the static ones for
+  /// static GHC).
+  virtual matrix<Scalar> token_coefficients(const state& s, index_t t) const = 0;
   /// Visits every tensor, names prefixed with `prefix` (e.g. "blocks.0.ghc_attn.").
   virtual void visit(const std::string& prefix, const tensor_visitor<Scalar>& f) = 0;
 };

@@ -60,6 +60,9 @@ class ghc_part final : public ghc_layer<Scalar> {
                       base_state& s) override {
     layer_.backward_width(host, H, dX, dC, dH, ws(s));
   }
+  matrix<Scalar> token_coefficients(const base_state& s, index_t t) const override {
+    return layer_.token_coefficients(ws(s), t);
+  }
   void visit(const std::string& prefix, const tensor_visitor<Scalar>& f) override { visit_module(prefix, layer_, f); }
 
  private:

@@ -145,7 +145,7 @@ bool plot_connectivity(const fs::path& png, const connectivity_map& map, const s
   for (index_t k = 0; k < K; ++k) o << (k ? ", " : "") << gnuplot_quote(connectivity_map::sublayer_name(k)) << " " << k;
   o << ")\nset cbrange [0:*]\nset cblabel \"strength ||M||_F / sqrt(m)\" noenhanced\nset palette rgbformulae 21,22,23\n";
   o << "plot $map using 1:2:3 with image notitle, $labels using 1:2:(sprintf(\"%.2f\", $3)) with labels font \",8\" "
-       "notitle\n";
+       "textcolor rgb \"#8090a0\" notitle\n";
   o.close();
   if (!o) return false;
   return run_gnuplot(script).empty();

@@ -380,6 +380,7 @@ def plot(args, curves, summary, fits, mean_curve):
               f'set output "{os.path.join(args.out, "scaling_" + key + ".png")}"',
               f'set title "final validation {title} loss against log2(r), m = 8 (r = 1: the (1,1) baseline)" noenhanced',
               'set xlabel "log2(r)"', 'set ylabel "loss (nats)"', 'set grid', 'set key top right',
+              'set offsets 0.3, 0.3, graph 0.05, graph 0.05',
               "$p << EOD\n" + "\n".join(f"{x} {y} {sd}" for x, y, sd in pts) + "\nEOD"]
         plot_cmd = 'plot $p using 1:2:3 with yerrorbars pt 7 title "mean ± sd over seeds"'
         if key in fits and pts:

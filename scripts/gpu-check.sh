@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run: builds the device tests and the device benchmark for this
-# machine's GPU, runs the device tests, compute-sanitizer memcheck and racecheck on them, the benchmark,
-# and prints the table for docs/benchmarks-gpu.md last. Seven files go to $OUT (default: gpu-results/):
-# summary.txt (device, results, table), build.log, tests.log, sanitizer-{memcheck,racecheck}.log,
-# bench.json and bench.log. Exits non-zero when a test fails or is skipped (no device visible), the sanitizer
-# reports an error or the benchmark fails.
+# machine's GPU, runs the device tests, compute-sanitizer (memcheck, racecheck, initcheck, synccheck, the four at
+# once) on every device test (every shape, (8,64) and the long sequences included), the benchmark, and prints the
+# table for docs/benchmarks-gpu.md last. Files go to $OUT (default: gpu-results/): summary.txt (device, results,
+# table), build.log, tests.log, sanitizer-{memcheck,racecheck,initcheck,synccheck}.log, bench.json and bench.log.
+# Exits non-zero when a test fails or is skipped (no device visible), a sanitizer tool reports an error or does not
+# finish within its time limit, or the benchmark fails.
 #
 # Needs nvcc, CMake and python3. Eigen, GoogleTest and Google Benchmark come from the system when CMake
 # finds them there, otherwise from Debian packages in .deps/ (scripts/gpu-deps.sh downloads them on a
 # machine with apt), unpacked into a private prefix: never into /.
 #
-#   bash scripts/gpu-check.sh [gtest filter for the sanitizer runs]
+#   bash scripts/gpu-check.sh [gtest filter for the sanitizer runs (default: every device test)]
+#   VWN_SANITIZER_TIMEOUT=seconds (default 240): the limit of each sanitizer tool (they run side by side)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,7 +20,8 @@ out="${OUT:-$root/gpu-results}"
 mkdir -p "$out"
 build="${VWN_GPU_BUILD_DIR:-build-gpu}"
 jobs="$(nproc)"
-sanitize_filter="${1:-*m2_n3*:*m4_n8*:CudaRuntime*}"
+sanitize_filter="${1:-*}"
+sanitize_timeout="${VWN_SANITIZER_TIMEOUT:-240}"
 log() { echo "gpu-check: $*" | tee -a "$out/summary.txt"; }
 
 command -v nvidia-smi > /dev/null || { echo "gpu-check: no nvidia-smi: not a GPU machine" >&2; exit 2; }
@@ -59,11 +62,29 @@ if grep -q '^\[  SKIPPED ' "$out/tests.log"; then
 fi
 grep -E '^\[  FAILED  \]|Failure|error' "$out/tests.log" | head -40 || true
 
-for tool in memcheck racecheck; do
-  compute-sanitizer --tool "$tool" --error-exitcode 3 "$tests" --gtest_brief=1 --gtest_filter="$sanitize_filter" \
-    > "$out/sanitizer-$tool.log" 2>&1 || status=1
-  log "compute-sanitizer $tool ($sanitize_filter): $(grep -E 'ERROR SUMMARY' "$out/sanitizer-$tool.log" | tail -1)"
+# The four tools side by side (each its own process on the one GPU), each within its time limit.
+tools=(memcheck racecheck initcheck synccheck)
+start=$(date +%s)
+pids=()
+for tool in "${tools[@]}"; do
+  timeout "$sanitize_timeout" compute-sanitizer --tool "$tool" --error-exitcode 3 "$tests" --gtest_brief=1 \
+    --gtest_filter="$sanitize_filter" > "$out/sanitizer-$tool.log" 2>&1 &
+  pids+=($!)
 done
+for i in "${!tools[@]}"; do
+  tool="${tools[$i]}"
+  rc=0
+  wait "${pids[$i]}" || rc=$?
+  if [ "$rc" = 124 ]; then
+    log "compute-sanitizer $tool: did not finish within ${sanitize_timeout} s (VWN_SANITIZER_TIMEOUT), not clean"
+    status=1
+    continue
+  fi
+  [ "$rc" = 0 ] || status=1
+  summary="$(grep -E 'ERROR SUMMARY' "$out/sanitizer-$tool.log" | tail -1)"
+  log "compute-sanitizer $tool ($sanitize_filter): rc $rc, $summary"
+done
+log "compute-sanitizer: the four tools took $(( $(date +%s) - start )) s"
 
 "$build/bench/cuda/bench_ghc_cuda" --benchmark_out="$out/bench.json" --benchmark_out_format=json \
   > "$out/bench.log" 2>&1 || status=1

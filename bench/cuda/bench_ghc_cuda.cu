@@ -66,8 +66,8 @@ bool identity_holds(const vwn::cuda::device_matrix<S>& H, const vwn::cuda::devic
 
 template <int M, int N, class S>
 double forward_bytes(index_t D, index_t T) {
-  constexpr int K = 2 * M + N;
-  return double(T) * (vwn::cost<M, N>(D, sizeof(S)).width_bytes + 4.0 * N * (K + 1));
+  const auto c = vwn::cost<M, N>(D, sizeof(S));
+  return double(T) * (c.width_bytes + c.saved_bytes);
 }
 
 template <int M, int N, class S>
@@ -97,7 +97,7 @@ void BM_dghc_backward_fused(benchmark::State& state) {
   layer.forward_width(vwn::cuda::device, H, X, C, ws);
   if (!identity_holds(H, X)) return state.SkipWithError("result check failed");
   const auto c = vwn::cost<M, N>(D, sizeof(S));
-  const double bytes = double(T) * (c.width_backward_bytes + c.depth_backward_bytes + 4.0 * N * (2 * (2 * M + N) + 1)) +
+  const double bytes = double(T) * (c.width_backward_bytes + c.depth_backward_bytes + c.backward_state_bytes) +
                        double(T) * Dw * sizeof(S);  // the projection gradient reads H once more
   time_loop(state, [&] {
     layer.backward_depth(vwn::cuda::device, dHo, Z, dZ, ws);
@@ -117,7 +117,7 @@ void BM_dghc_depth(benchmark::State& state) {
   if (!identity_holds(H, X)) return state.SkipWithError("result check failed");
   const auto c = vwn::cost<M, N>(D, sizeof(S));
   time_loop(state, [&] { layer.forward_depth(vwn::cuda::device, Z, C, Ho, ws); },
-            double(T) * (c.depth_bytes + 4.0 * N * (2 * M + N)), double(T) * c.depth_flops);
+            double(T) * (c.depth_bytes + c.coefficient_bytes), double(T) * c.depth_flops);
 }
 
 // ---- The unfused baseline: RMSNorm kernel, cuBLAS projection, coefficient kernel, mixing kernel. ----

@@ -6,4 +6,5 @@
 
 namespace {
 VWN_GHC_TESTS(CudaBf16Ghc, vwn_test::device_backend<vwn::cuda::bf16>)
+VWN_GHC_LONG_TESTS(CudaBf16GhcLong, vwn_test::device_backend<vwn::cuda::bf16>)
 }  // namespace

@@ -6,4 +6,5 @@
 
 namespace {
 VWN_GHC_TESTS(CudaFloatGhc, vwn_test::device_backend<float>)
+VWN_GHC_LONG_TESTS(CudaFloatGhcLong, vwn_test::device_backend<float>)
 }  // namespace

@@ -6,4 +6,5 @@
 
 namespace {
 VWN_MODULE_TESTS(CudaBf16Modules, vwn_test::device_backend<vwn::cuda::bf16>)
+VWN_MODULE_LONG_TESTS(CudaBf16ModulesLong, vwn_test::device_backend<vwn::cuda::bf16>)
 }  // namespace

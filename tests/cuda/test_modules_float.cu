@@ -6,4 +6,5 @@
 
 namespace {
 VWN_MODULE_TESTS(CudaFloatModules, vwn_test::device_backend<float>)
+VWN_MODULE_LONG_TESTS(CudaFloatModulesLong, vwn_test::device_backend<float>)
 }  // namespace

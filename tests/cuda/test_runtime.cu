@@ -48,6 +48,24 @@ TEST(CudaRuntime, ViewsMirrorTheHostRefs) {
   EXPECT_EQ(v.middle_cols(1, 2).outerStride(), 4);
 }
 
+// cuBLAS takes sizes and leading dimensions as int: a larger one is refused by name before cuBLAS is called (no
+// handle is needed to see it, so no GPU either).
+TEST(CudaRuntime, GemmRefusesSizesThatDoNotFitAnInt) {
+  const index_t big = index_t(1) << 31;
+  const std::string msg = vwn_test::error_of([&] {
+    vwn::cuda::detail::gemm(nullptr, false, true, big, 8, 8, 1.f, nullptr, CUDA_R_32F, 8, nullptr, CUDA_R_32F, 8, 0.f,
+                            nullptr, CUDA_R_32F, 8);
+  });
+  EXPECT_NE(msg.find("vwn::cuda::gemm: rows m: expected 0 .. 2147483647 (a 32-bit int), got 2147483648"),
+            std::string::npos)
+      << msg;
+  const std::string ld = vwn_test::error_of([&] {
+    vwn::cuda::detail::gemm(nullptr, false, false, 4, 4, 4, 1.f, nullptr, CUDA_R_32F, big + 5, nullptr, CUDA_R_32F, 4,
+                            0.f, nullptr, CUDA_R_32F, 4);
+  });
+  EXPECT_NE(ld.find("leading dimension of A: expected 0 .. 2147483647"), std::string::npos) << ld;
+}
+
 class CudaRuntimeDevice : public vwn_test::backend_test<vwn_test::device_backend<float>> {};
 
 TEST_F(CudaRuntimeDevice, RoundTripAndPoison) {
@@ -59,6 +77,41 @@ TEST_F(CudaRuntimeDevice, RoundTripAndPoison) {
   const vwn::matrix<double> back =
       vwn_test::device_backend<float>::download(vwn_test::device_backend<float>::poisoned(3, 3));
   EXPECT_TRUE(back.array().isNaN().all());
+}
+
+// Construction is synchronous: a module built on the default stream (parameters uploaded, gradients cleared there)
+// and used at once on a non-blocking stream, which is not ordered after the default stream, accumulates into
+// cleared gradients. Each layer runs its backward twice on its stream; the sums must equal twice one backward
+// (the same float operations in the same order: exactly).
+TEST_F(CudaRuntimeDevice, ModulesAreReadyForAnyStreamWhenConstructed) {
+  using be = vwn_test::device_backend<float>;
+  std::mt19937_64 gen(vwn_test::fresh_seed());
+  const index_t db = 45, T = 4133, D = 2 * db, Dw = 3 * db;
+  const auto H = be::upload(vwn_test::randn<double>(T, Dw, gen)), Z = be::upload(vwn_test::randn<double>(T, D, gen)),
+             G = be::upload(vwn_test::randn<double>(T, Dw, gen)), dX = be::upload(vwn_test::randn<double>(T, D, gen));
+  vwn::cuda::stream s;
+  const auto on = vwn::cuda::device.on(s.get());
+  vwn::matrix<double> once, twice;
+  for (int runs : {1, 2}) {
+    vwn::cuda::dghc<2, 3, float> layer(D);  // default policy: the legacy default stream
+    vwn::cuda::dghc<2, 3, float>::workspace ws;
+    auto X = be::poisoned(T, D), C = be::poisoned(T, Dw), Ho = be::poisoned(T, Dw), dZ = be::poisoned(T, D),
+         dH = be::poisoned(T, Dw);
+    layer.forward_width(on, H, X, C, ws);
+    layer.forward_depth(on, Z, C, Ho, ws);
+    for (int r = 0; r < runs; ++r) {
+      layer.backward_depth(on, G, Z, dZ, ws);
+      layer.backward_width(on, H, dX, G, dH, ws);
+    }
+    s.synchronize();
+    vwn::matrix<double> all(1, 0);
+    for (const auto& [name, g] : be::gradients(layer)) {
+      all.conservativeResize(1, all.cols() + g.cols());
+      all.rightCols(g.cols()) = g;
+    }
+    (runs == 1 ? once : twice) = all;
+  }
+  EXPECT_TRUE(vwn_test::close(twice, (2 * once).eval(), 0, 0));
 }
 
 // The atomic scatter of a table gradient (device only) sums the same rows as the deterministic one, in another

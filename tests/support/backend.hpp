@@ -29,6 +29,13 @@ template <class A, class B>
   return close(got, ref, tol.atol_rel * scale, tol.rtol);
 }
 
+// The tolerance of outputs stored as bf16 (device bf16 back end, and its host simulation): computed in float from
+// inputs and rounded intermediates both sides share (the reference rounds where the back end stores bf16), then one
+// final rounding to 8 significant bits: round to nearest, a relative error of at most 2^-8 (half a unit in the last
+// place, reached at the bottom of a binade). rtol 2^-7 covers that rounding with a margin of 2; atol 1e-4 of the largest |ref| covers the float error of the sums (as for float outputs) in entries
+// that cancel to near zero.
+inline constexpr tolerance bf16_output_tolerance{1e-4, 1.0 / 128};
+
 // Rounds every parameter of a host module to float (the host float modules and the device keep float parameters).
 template <class Params>
 void round_parameters_to_float(Params& p) {
@@ -133,6 +140,13 @@ struct host_backend {
       });
     }
     return out;
+  }
+
+  // The GroupNorm output a reduce head with GroupNorm stored in its workspace by the last forward (`T x D'`), as
+  // the reference must multiply it.
+  template <class Workspace>
+  static vwn::matrix<double> groupnorm_output(const Workspace& ws, index_t, index_t) {
+    return ws.normed.template cast<double>();
   }
 
   // Whether the storage rounds the values a module keeps between its steps beyond float (it does not: float or double).

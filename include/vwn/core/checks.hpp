@@ -5,6 +5,7 @@
 /// may be host (`Eigen::Ref`, `Eigen::Map`, `vwn::matrix`) or device views: anything with `rows()`,
 /// `cols()`, `size()`, `data()` and `outerStride()`.
 
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -84,6 +85,15 @@ inline index_t expect_sequences(std::string_view where, std::string_view name, i
     fail(where, std::string(name) + " row count", "a multiple of the sequence length T = " + std::to_string(T),
          std::to_string(rows) + " rows");
   return rows / T;
+}
+
+/// `value` as an `int` (the size and index type of cuBLAS and of kernel arguments); throws naming `what` when it
+/// does not fit, rather than narrowing it silently.
+inline int checked_int(std::string_view where, std::string_view what, index_t value) {
+  if (value < 0 || value > index_t(std::numeric_limits<int>::max()))
+    fail(where, what, "0 .. " + std::to_string(std::numeric_limits<int>::max()) + " (a 32-bit int)",
+         std::to_string(value));
+  return static_cast<int>(value);
 }
 
 /// Throws unless `size >= 1`.

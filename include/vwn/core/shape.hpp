@@ -71,6 +71,10 @@ struct ghc_cost {
   double depth_bytes;        ///< forward depth connection: read Z (m db) and C (n db), write H_out (n db)
   double width_backward_bytes;  ///< read H, dX, dC, write dH
   double depth_backward_bytes;  ///< read dH_out, Z, write dZ
+  double saved_bytes;           ///< dynamic: the float state the width forward saves, 1/rms and P: `4 n (2m+n+1)`
+  double coefficient_bytes;     ///< dynamic: P as a depth kernel reads it (float): `4 n (2m+n)`
+  /// dynamic width backward: reads P and 1/rms, writes dQ and reads it back: `4 n (2 (2m+n) + 1)`
+  double backward_state_bytes;
 
   /// Forward FLOPs of a static GHC (width + depth).
   double static_forward_flops() const { return width_flops + depth_flops; }
@@ -92,6 +96,9 @@ ghc_cost cost(index_t D, double scalar_bytes = 4) {
   c.depth_bytes = scalar_bytes * db * (m + n + n);
   c.width_backward_bytes = scalar_bytes * db * (n + m + n + n);
   c.depth_backward_bytes = scalar_bytes * db * (n + m + m);
+  c.saved_bytes = 4.0 * n * (2 * m + n + 1);
+  c.coefficient_bytes = 4.0 * n * (2 * m + n);
+  c.backward_state_bytes = 4.0 * n * (2 * (2 * m + n) + 1);
   return c;
 }
 

@@ -81,6 +81,7 @@ struct token_scratch {
   /// Checks `tokens` against the vocabulary (std::out_of_range, as the host) and copies them to the device.
   void upload(const device_t& policy, std::string_view where, std::span<const std::int32_t> host, index_t vocab) {
     vwn::detail::check_tokens(where, host, vocab);
+    static_cast<void>(vwn::detail::checked_int(where, "token count", index_t(host.size())));  // CUB's sort: int
     tokens.resize(host.size());
     VWN_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), host.data(), host.size_bytes(), cudaMemcpyHostToDevice,
                                    policy.stream()));
@@ -139,6 +140,7 @@ class overwidth_embedding : public widths<M, N> {
     dE.resize(V, wide_width());
     upload<float>(policy, h.params.E, E);
     zero_grad(policy);
+    policy.synchronize();  // construction is synchronous (as vwn::cuda::basic_ghc)
   }
   static std::string name() { return "vwn::cuda::overwidth_embedding<" + std::to_string(M) + "," + std::to_string(N) + ">"; }
   index_t vocabulary() const { return V_; }
@@ -198,6 +200,7 @@ class lowrank_overwidth_embedding : public widths<M, N> {
     upload<float>(policy, h.params.E_base, E_base);
     upload<float>(policy, h.params.W_expand, W_expand);
     zero_grad(policy);
+    policy.synchronize();  // construction is synchronous (as vwn::cuda::basic_ghc)
   }
   static std::string name() {
     return "vwn::cuda::lowrank_overwidth_embedding<" + std::to_string(M) + "," + std::to_string(N) + ">";

@@ -649,13 +649,15 @@ class basic_ghc : public widths<M, N> {
   parameters grads;   ///< accumulated gradients (float)
 
   /// A sub-layer for backbone width `D` (a positive multiple of `M`), initialised per the paper.
-  /// Allocates device memory on the current device.
+  /// Allocates device memory on the current device. Synchronous: the parameters and the cleared gradients are in
+  /// place when it returns, so later work may go to any stream.
   explicit basic_ghc(index_t D, const device_t& policy = device)
       : widths<M, N>(name() + "::basic_ghc", D), params(this->db_), grads(this->db_) {
     if (wide_width() > INT_MAX)
       vwn::detail::fail(name(), "over-width D'", "at most " + std::to_string(INT_MAX), std::to_string(wide_width()));
     reset_parameters(policy);
     zero_grad(policy);
+    policy.synchronize();
   }
 
   /// Library name with shape and storage, e.g. "vwn::cuda::dghc<2,3,bf16>".
@@ -677,11 +679,11 @@ class basic_ghc : public widths<M, N> {
                      device_matrix_ref<S> C, workspace& ws) const {
     const std::string where = name() + "::forward_width";
     const index_t T = checks(where).forward_width(H, X, C);
+    ws.tokens = 0;  // the saved state is replaced below: until the launch is queued, the workspace holds none
     if constexpr (Dynamic) {
       ws.rstd.resize(std::size_t(T * N));
       ws.P.resize(std::size_t(T * N * K));
     }
-    ws.tokens = T;
     const unsigned blocks = detail::token_blocks(T);
     if constexpr (Dynamic) {
       constexpr std::size_t smem = detail::dghc_forward_width_smem<M, N>::bytes;
@@ -696,6 +698,7 @@ class basic_ghc : public widths<M, N> {
           params.pointers().alpha, int(db_), T);
     }
     VWN_CUDA_CHECK_LAUNCH();
+    ws.tokens = T;
   }
 
   /// Depth connection, forward: `H_out = b Z + C` (`Z`: `T x D`). `H_out` may be `C` itself. One kernel.

@@ -31,6 +31,7 @@ class mtp_mixer : public widths<M, N> {
     dW_mix.resize(db_, 2 * db_);
     upload<float>(policy, h.params.W_mix, W_mix);
     zero_grad(policy);
+    policy.synchronize();  // construction is synchronous (as vwn::cuda::basic_ghc)
   }
   static std::string name() { return "vwn::cuda::mtp_mixer<" + std::to_string(M) + "," + std::to_string(N) + ">"; }
   /// Clears the gradient (asynchronous).

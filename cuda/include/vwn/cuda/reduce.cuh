@@ -163,6 +163,7 @@ class reduce_head : public widths<M, N> {
     upload_floats(policy, h.params.gn_bias.data(), h.params.gn_bias.size(), params.gn_bias.data());
     upload_floats(policy, h.params.W_reduce.data(), h.params.W_reduce.size(), params.W_reduce.data());
     zero_grad(policy);
+    policy.synchronize();  // construction is synchronous (as vwn::cuda::basic_ghc)
   }
   static std::string name() { return "vwn::cuda::reduce_head<" + std::to_string(M) + "," + std::to_string(N) + ">"; }
   /// Clears the gradients (asynchronous).
@@ -176,13 +177,13 @@ class reduce_head : public widths<M, N> {
   void forward(const device_t& policy, device_matrix_cref<S> H, device_matrix_ref<S> h, workspace& ws) {
     const std::string where = name() + "::forward";
     const index_t T = vwn::detail::reduce_head_checks{where, D_, wide_width()}.forward(H, h);
+    ws.tokens = 0;  // the saved state is replaced below: until everything is queued, the workspace holds none
     constexpr cudaDataType_t st = detail::storage_info<S>::blas_type;
     if constexpr (has_groupnorm) {  // every allocation before the saved state names this call
       ws.normed.resize(std::size_t(T * wide_width()));
       ws.mean.resize(std::size_t(T * groups));
       ws.rstd.resize(std::size_t(T * groups));
     }
-    ws.tokens = T;
     if constexpr (!has_reduce) {
       VWN_CUDA_CHECK(cudaMemcpy2DAsync(h.data(), std::size_t(h.outerStride()) * sizeof(S), H.data(),
                                        std::size_t(H.outerStride()) * sizeof(S), std::size_t(D_) * sizeof(S),
@@ -191,7 +192,8 @@ class reduce_head : public widths<M, N> {
       const S* in = H.data();
       index_t ld = H.outerStride();
       if constexpr (has_groupnorm) {
-        detail::groupnorm_forward_kernel<S><<<dim3(unsigned(T), groups), detail::block_threads, 0, policy.stream()>>>(
+        const dim3 grid(unsigned(vwn::detail::checked_int(where, "token count T", T)), groups);
+        detail::groupnorm_forward_kernel<S><<<grid, detail::block_threads, 0, policy.stream()>>>(
             H.data(), H.outerStride(), params.gn_weight.data(), params.gn_bias.data(), ws.normed.data(), wide_width(),
             ws.mean.data(), ws.rstd.data(), int(D_), groups);
         VWN_CUDA_CHECK_LAUNCH();
@@ -202,6 +204,7 @@ class reduce_head : public widths<M, N> {
                    w_.get(policy.stream(), params.W_reduce.data(), D_ * wide_width()), st, wide_width(), 0.f,
                    h.data(), st, h.outerStride());
     }
+    ws.tokens = T;
   }
 
   /// `dH` (`T x D'`, overwritten) from `dh` (`T x D`); accumulates the parameter gradients.
@@ -230,7 +233,8 @@ class reduce_head : public widths<M, N> {
         ws.dnormed.resize(std::size_t(T * wide_width()));
         detail::gemm(blas, false, false, T, wide_width(), D_, 1.f, dh.data(), st, dh.outerStride(), W, st,
                      wide_width(), 0.f, ws.dnormed.data(), CUDA_R_32F, wide_width());
-        detail::groupnorm_backward_kernel<S><<<dim3(unsigned(T), groups), detail::block_threads, 0, policy.stream()>>>(
+        const dim3 grid(unsigned(vwn::detail::checked_int(where, "token count T", T)), groups);
+        detail::groupnorm_backward_kernel<S><<<grid, detail::block_threads, 0, policy.stream()>>>(
             H.data(), H.outerStride(), ws.dnormed.data(), params.gn_weight.data(), ws.mean.data(), ws.rstd.data(),
             dH.data(), dH.outerStride(), int(D_), groups);
         VWN_CUDA_CHECK_LAUNCH();

@@ -4,6 +4,8 @@
 
 #include <cublas_v2.h>
 
+#include <string_view>
+
 #include "../memory.hpp"
 #include "kernels.cuh"
 
@@ -11,14 +13,21 @@ namespace vwn::cuda::detail {
 
 /// Row-major `C (m x n) = alpha op(A) op(B) + beta C` with `op(A)` of `m x k`; leading dimensions are row
 /// strides. A row-major X is the column-major X^T, so this is cuBLAS's `C^T = op(B)^T op(A)^T`.
-/// Accumulates in float (CUBLAS_COMPUTE_32F, no TF32).
+/// Accumulates in float (CUBLAS_COMPUTE_32F, no TF32). cuBLAS takes sizes and leading dimensions as `int`: one
+/// that does not fit throws `std::invalid_argument` naming it (e.g. a batch of more than 2^31 slot rows).
 inline void gemm(cublasHandle_t h, bool transA, bool transB, index_t m, index_t n, index_t k, float alpha,
                  const void* A, cudaDataType_t Atype, index_t lda, const void* B, cudaDataType_t Btype, index_t ldb,
                  float beta, void* C, cudaDataType_t Ctype, index_t ldc) {
   if (m == 0 || n == 0) return;
-  VWN_CUDA_CHECK(cublasGemmEx(h, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, int(n),
-                              int(m), int(k), &alpha, B, Btype, int(ldb), A, Atype, int(lda), &beta, C, Ctype,
-                              int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  constexpr std::string_view where = "vwn::cuda::gemm";
+  using vwn::detail::checked_int;
+  const int im = checked_int(where, "rows m", m), in = checked_int(where, "columns n", n);
+  const int ik = checked_int(where, "inner size k", k), ia = checked_int(where, "leading dimension of A", lda);
+  const int ib = checked_int(where, "leading dimension of B", ldb);
+  const int ic = checked_int(where, "leading dimension of C", ldc);
+  VWN_CUDA_CHECK(cublasGemmEx(h, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, in, im, ik,
+                              &alpha, B, Btype, ib, A, Atype, ia, &beta, C, Ctype, ic, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
 }
 
 template <class To, class From>

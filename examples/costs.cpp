@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
     cost_row<8, 32>(D);
     cost_row<8, 64>(D);
     cost_row<M, N>(D);
-    std::printf("\n(the reference transformer will replace this example as the main job)\n");
+    std::printf("\nPer-kernel bytes and roofline times on a GPU: vwn_roofline (docs/cuda.md)\n");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vwn_costs: %s\n", e.what());
     return 2;

@@ -149,8 +149,6 @@ struct host_backend {
     return ws.normed.template cast<double>();
   }
 
-  // Whether the storage rounds the values a module keeps between its steps beyond float (it does not: float or double).
-  static constexpr bool rounds_storage = false;
   // Outputs stored as Scalar, computed in Scalar from inputs both sides share: in float, sums of at most a few
   // thousand products; the error grows like sqrt(L) 2^-24 (about 1e-6 relative for L ~ 10^4): 1e-4 leaves a margin
   // of about 100. (double is the reference itself.)

@@ -56,28 +56,15 @@ class ghc : public vwn::basic_ghc<M, N, float, Dynamic> {
   }
 };
 
-template <int M, int N>
-class overwidth_embedding : public vwn::overwidth_embedding<M, N, float> {
-  using base = vwn::overwidth_embedding<M, N, float>;
-
+// Either host embedding (`vwn::overwidth_embedding` or `vwn::lowrank_overwidth_embedding`, float) with its
+// output rounded as the device stores it.
+template <class Base>
+class embedding : public Base {
  public:
-  using base::base;
-  using base::backward;
+  using Base::Base;
+  using Base::backward;
   void forward(vwn::host_t p, std::span<const std::int32_t> tokens, vwn::matrix_ref<float> H0) const {
-    base::forward(p, tokens, H0);
-    round_to_bf16(H0);
-  }
-};
-
-template <int M, int N>
-class lowrank_overwidth_embedding : public vwn::lowrank_overwidth_embedding<M, N, float> {
-  using base = vwn::lowrank_overwidth_embedding<M, N, float>;
-
- public:
-  using base::base;
-  using base::backward;
-  void forward(vwn::host_t p, std::span<const std::int32_t> tokens, vwn::matrix_ref<float> H0) const {
-    base::forward(p, tokens, H0);
+    Base::forward(p, tokens, H0);
     round_to_bf16(H0);
   }
 };
@@ -131,9 +118,9 @@ struct bf16_simulation_backend : host_backend<float> {
   template <int M, int N, bool Dynamic>
   using ghc = bf16_simulation::ghc<M, N, Dynamic>;
   template <int M, int N>
-  using overwidth_embedding = bf16_simulation::overwidth_embedding<M, N>;
+  using overwidth_embedding = bf16_simulation::embedding<vwn::overwidth_embedding<M, N, float>>;
   template <int M, int N>
-  using lowrank_overwidth_embedding = bf16_simulation::lowrank_overwidth_embedding<M, N>;
+  using lowrank_overwidth_embedding = bf16_simulation::embedding<vwn::lowrank_overwidth_embedding<M, N, float>>;
   template <int M, int N>
   using reduce_head = bf16_simulation::reduce_head<M, N>;
   template <int M, int N>
@@ -141,7 +128,6 @@ struct bf16_simulation_backend : host_backend<float> {
 
   static std::string name() { return "host_bf16_simulation"; }
   static double round(double x) { return double(bf16_round(float(x))); }
-  static constexpr bool rounds_storage = true;
   static constexpr tolerance output_tolerance = bf16_output_tolerance;
 };
 

@@ -70,19 +70,32 @@ double forward_bytes(index_t D, index_t T) {
   return double(T) * (c.width_bytes + c.saved_bytes);
 }
 
-template <int M, int N, class S>
-void BM_dghc_forward_fused(benchmark::State& state) {
+// The fused DGHC forward width connection with kernel `Kernel` (vwn::cuda::width_kernel).
+template <int M, int N, class S, vwn::cuda::width_kernel Kernel>
+void dghc_forward(benchmark::State& state) {
   if (skip_without_device(state)) return;
   const index_t D = state.range(0), T = state.range(1);
   vwn::cuda::dghc<M, N, S> layer(D);
   const auto H = random_matrix<S>(T, layer.wide_width(), 1);
   vwn::cuda::device_matrix<S> X(T, D), C(T, layer.wide_width());
   typename vwn::cuda::dghc<M, N, S>::workspace ws;
-  layer.forward_width(vwn::cuda::device, H, X, C, ws);
+  layer.forward_width(vwn::cuda::device, H, X, C, ws, Kernel);
   if (!identity_holds(H, X)) return state.SkipWithError("result check failed");
   const auto c = vwn::cost<M, N>(D, sizeof(S));
-  time_loop(state, [&] { layer.forward_width(vwn::cuda::device, H, X, C, ws); }, forward_bytes<M, N, S>(D, T),
+  time_loop(state, [&] { layer.forward_width(vwn::cuda::device, H, X, C, ws, Kernel); }, forward_bytes<M, N, S>(D, T),
             double(T) * (c.norm_flops + c.coefficient_flops + c.width_flops));
+}
+
+// The library's choice (the staged kernel where its slab fits in shared memory).
+template <int M, int N, class S>
+void BM_dghc_forward_fused(benchmark::State& state) {
+  dghc_forward<M, N, S, vwn::cuda::width_kernel::automatic>(state);
+}
+
+// The tiled kernel (reads H twice, in 32-column tiles), for the comparison with the staged one.
+template <int M, int N, class S>
+void BM_dghc_forward_tiled(benchmark::State& state) {
+  dghc_forward<M, N, S, vwn::cuda::width_kernel::tiled>(state);
 }
 
 template <int M, int N, class S>
@@ -219,6 +232,7 @@ void sizes_large(benchmark::internal::Benchmark* b) {  // (8,64): D' = 8 D, so 1
 #define VWN_GHC_BENCH(M, N, sizes)                                          \
   BENCHMARK(BM_copy_forward_bytes<M, N, bf16>)->Apply(sizes);               \
   BENCHMARK(BM_dghc_forward_fused<M, N, bf16>)->Apply(sizes);               \
+  BENCHMARK(BM_dghc_forward_tiled<M, N, bf16>)->Apply(sizes);               \
   BENCHMARK(BM_dghc_forward_unfused<M, N, bf16>)->Apply(sizes);             \
   BENCHMARK(BM_dghc_backward_fused<M, N, bf16>)->Apply(sizes);              \
   BENCHMARK(BM_dghc_depth<M, N, bf16>)->Apply(sizes);

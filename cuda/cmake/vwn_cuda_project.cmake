@@ -39,4 +39,14 @@ function(vwn_cuda_target target)
     target_compile_options(${target} PRIVATE
       $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
   endif()
+  # The host half of a .cu file gets the C++ objects' -march=native (CMakeLists.txt, VWN_NATIVE): Eigen's heap
+  # alignment follows the vector instructions allowed, so a matrix allocated in a native C++ object (the
+  # precompiled host references) and freed in an SSE2-only .cu object is an invalid free.
+  if(VWN_NATIVE)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-march=native>)
+    if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)  # as for C++ objects
+      target_compile_options(${target} PRIVATE
+        $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wno-uninitialized,-Wno-maybe-uninitialized>)
+    endif()
+  endif()
 endfunction()

@@ -29,12 +29,33 @@ inline std::string no_device_reason() {
   return "";
 }
 
-// The device back end with activations stored as S (float or bf16); parameters and gradients are float.
-template <class S>
+// A device GHC whose width connection (forward and backward) always runs `Kernel` (vwn::cuda::width_kernel).
+template <int M, int N, class S, bool Dynamic, vwn::cuda::width_kernel Kernel>
+class forced_width_ghc : public vwn::cuda::basic_ghc<M, N, S, Dynamic> {
+  using base = vwn::cuda::basic_ghc<M, N, S, Dynamic>;
+
+ public:
+  using base::base;
+  using typename base::workspace;
+  void forward_width(const vwn::cuda::device_t& policy, vwn::cuda::device_matrix_cref<S> H,
+                     vwn::cuda::device_matrix_ref<S> X, vwn::cuda::device_matrix_ref<S> C, workspace& ws) const {
+    base::forward_width(policy, H, X, C, ws, Kernel);
+  }
+  void backward_width(const vwn::cuda::device_t& policy, vwn::cuda::device_matrix_cref<S> H,
+                      vwn::cuda::device_matrix_cref<S> dX, vwn::cuda::device_matrix_cref<S> dC,
+                      vwn::cuda::device_matrix_ref<S> dH, workspace& ws) {
+    base::backward_width(policy, H, dX, dC, dH, ws, Kernel);
+  }
+};
+
+// The device back end with activations stored as S (float or bf16); parameters and gradients are float. `Kernel`
+// is the GHC's forward width kernel (automatic: staged where it fits, as the library chooses).
+template <class S, vwn::cuda::width_kernel Kernel = vwn::cuda::width_kernel::automatic>
 struct device_backend {
   using storage = S;
   template <int M, int N, bool Dynamic>
-  using ghc = vwn::cuda::basic_ghc<M, N, S, Dynamic>;
+  using ghc = std::conditional_t<Kernel == vwn::cuda::width_kernel::automatic, vwn::cuda::basic_ghc<M, N, S, Dynamic>,
+                                 forced_width_ghc<M, N, S, Dynamic, Kernel>>;
   template <int M, int N>
   using overwidth_embedding = vwn::cuda::overwidth_embedding<M, N, S>;
   template <int M, int N>
@@ -45,7 +66,10 @@ struct device_backend {
   using mtp_mixer = vwn::cuda::mtp_mixer<M, N, S>;
   using tensor = vwn::cuda::device_matrix<S>;
 
-  static std::string name() { return "device_" + vwn::cuda::detail::storage_info<S>::name(); }
+  static std::string name() {
+    return "device_" + vwn::cuda::detail::storage_info<S>::name() +
+           (Kernel == vwn::cuda::width_kernel::tiled ? "_tiled" : Kernel == vwn::cuda::width_kernel::staged ? "_staged" : "");
+  }
   static constexpr vwn::cuda::device_t policy() { return vwn::cuda::device; }
   static std::string skip_reason() { return no_device_reason(); }
   static void synchronize() { vwn::cuda::device.synchronize(); }
@@ -125,8 +149,6 @@ struct device_backend {
     return h;
   }
 
-  // Whether the storage rounds the values a module keeps between its steps (bf16 does, to 8 significant bits).
-  static constexpr bool rounds_storage = !std::is_same_v<S, float>;
   // Outputs stored as S: float as the host float back end (support/backend.hpp), bf16 as bf16_output_tolerance.
   static constexpr tolerance output_tolerance =
       std::is_same_v<S, float> ? host_backend<float>::output_tolerance : bf16_output_tolerance;

@@ -114,6 +114,39 @@ TEST_F(CudaRuntimeDevice, ModulesAreReadyForAnyStreamWhenConstructed) {
   EXPECT_TRUE(vwn_test::close(twice, (2 * once).eval(), 0, 0));
 }
 
+// A slab larger than a block's shared memory ((8,64) float at slot width 1000: 256 KB, above the 227 KB of an
+// H100 or H200): the staged forward kernel is refused by name when asked for, and the automatic choice runs the
+// tiled kernel, bit for bit as when that is asked for.
+TEST_F(CudaRuntimeDevice, StagedForwardFallsBackWhereTheSlabDoesNotFit) {
+  using be = vwn_test::device_backend<float>;
+  using layer_t = vwn::cuda::dghc<8, 64, float>;
+  std::mt19937_64 gen(vwn_test::fresh_seed());
+  const index_t db = 1000, T = 5, D = 8 * db, Dw = 64 * db;
+  ASSERT_GT((vwn::cuda::detail::staged_width_layout<8, 64, float, true>::bytes(int(db))),
+            vwn::cuda::detail::shared_memory_optin());
+  layer_t layer(D);
+  layer_t::host_type host(D);  // a projection away from its zero initialisation, so that the coefficients differ per token
+  host.params.W_alpha = vwn_test::randn<float>(db, 8 + 64, gen, 0.1);
+  host.params.W_beta = vwn_test::randn<float>(db, 8, gen, 0.1);
+  layer.params.upload(vwn::cuda::device, host.params);
+  layer_t::workspace ws;
+  const auto H = be::upload(vwn_test::randn<double>(T, Dw, gen));
+  auto X = be::poisoned(T, D), C = be::poisoned(T, Dw);
+  const std::string msg = vwn_test::error_of([&] { layer.forward_width(vwn::cuda::device, H, X, C, ws, vwn::cuda::width_kernel::staged); });
+  EXPECT_NE(msg.find("shared memory of the staged kernel"), std::string::npos) << msg;
+  EXPECT_EQ(ws.tokens, 0);
+  vwn::matrix<double> out[2];
+  for (const auto kernel : {vwn::cuda::width_kernel::automatic, vwn::cuda::width_kernel::tiled}) {
+    auto Xk = be::poisoned(T, D), Ck = be::poisoned(T, Dw);
+    layer.forward_width(vwn::cuda::device, H, Xk, Ck, ws, kernel);
+    vwn::matrix<double> both(T, D + Dw);
+    both << be::download(Xk), be::download(Ck);
+    out[kernel == vwn::cuda::width_kernel::tiled] = both;
+  }
+  EXPECT_FALSE(out[0].array().isNaN().any());
+  EXPECT_TRUE(vwn_test::close(out[0], out[1], 0, 0));
+}
+
 // The atomic scatter of a table gradient (device only) sums the same rows as the deterministic one, in another
 // order: float sums of at most T = 37 values per entry, within the gradient tolerance; absent rows stay exactly 0.
 TEST_F(CudaRuntimeDevice, AtomicScatterMatchesTheDeterministicOne) {

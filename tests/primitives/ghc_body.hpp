@@ -4,6 +4,8 @@
 // every parameter gradient), the paper's initialisation identity (exact), and the argument checks. The host's own
 // double path is checked against finite differences (test_ghc.cpp) and PyTorch (test_reference.cpp).
 
+#include <algorithm>
+#include <cmath>
 #include <random>
 #include <string>
 
@@ -40,12 +42,20 @@ void randomise_ghc(Layer& layer, std::mt19937_64& gen) {
   round_parameters_to_float(p);
 }
 
-// Compares the gradients of `got` (by name) with those of `ref`.
+// Compares the gradients of `got` (by name) with `scale` times those of `ref`. atol is relative to the largest
+// |entry| over all of the module's gradients, not each tensor's own: an entry that cancels to near zero keeps the
+// absolute error of the terms it was summed from, and a tensor of one to three entries (a static (1,1) GHC's d beta
+// and d alpha) can have only such entries (seed 13353601626233427972, static (1,1), db 300, T 19: d beta = -0.035
+// from 5700 terms of unit scale, float error 2.4e-5, outside 5e-4 relative and an atol of its own size).
 inline void expect_gradients(const named_tensors& got, const named_tensors& ref, tolerance tol, double scale = 1) {
   ASSERT_EQ(got.size(), ref.size());
+  double largest = 0;
+  for (const auto& [name, r] : ref)
+    if (r.size()) largest = std::max(largest, std::abs(scale) * r.cwiseAbs().maxCoeff());
   for (std::size_t i = 0; i < ref.size(); ++i) {
     EXPECT_EQ(got[i].first, ref[i].first);
-    EXPECT_TRUE(near(got[i].second, (scale * ref[i].second).eval(), tol)) << "d " << ref[i].first;
+    EXPECT_TRUE(close(got[i].second, (scale * ref[i].second).eval(), tol.atol_rel * largest, tol.rtol))
+        << "d " << ref[i].first;
   }
 }
 

@@ -23,6 +23,7 @@
 
 #include "../core/host_device.hpp"
 #include "contract.hpp"
+#include "norm.hpp"
 
 namespace vwn::math {
 
@@ -45,6 +46,31 @@ VWN_GENERIC template <class Q, class T, class Out>
 VWN_HOST_DEVICE void projection(const Q& q, T inv_tau, Out&& p) {
   using std::tanh;
   p = tanh(q * inv_tau);
+}
+
+/// The projection weight with the norm's weight folded in: `gw = g w`, entry `(d, k)` of `g . [W_alpha | W_beta]`.
+/// Prepared once per call, it lets a back end form a slot's projection from the raw values it stores
+/// (`projection_from_raw`): `Hn_j W = r_j (H_j (g . W))`, since `Hn_j = H_j r_j g`.
+VWN_GENERIC template <class G, class W, class Out>
+VWN_HOST_DEVICE void folded_weight(const G& g, const W& w, Out&& gw) {
+  gw = g * w;
+}
+
+/// One entry of a slot's projection `q = Hn_j W` from `s = sum_d H_j(d) gw(d, k)` (with `gw` from `folded_weight`)
+/// and the slot's inverse RMS `r`: `q = s r`.
+VWN_GENERIC template <class Sum, class R, class Out>
+VWN_HOST_DEVICE void projection_from_raw(const Sum& s, R r, Out&& q) {
+  q = s * r;
+}
+
+/// The norm's projection in the RMSNorm backward of slot `j` (`proj = mean_d(dHn_j g u_j)`, math/norm.hpp) from the
+/// projection itself: `proj = (1/db) sum_k dq(j, k) q(j, k)`, since `dHn_j = sum_k dq(j, k) W_k` and
+/// `q(j, k) = sum_d u_j(d) g(d) W(d, k)`: `2m + n` terms instead of a sweep over the slot's `db` values.
+VWN_GENERIC template <int K, class DQ, class Q, class T, class Out>
+VWN_HOST_DEVICE void slot_norm_projection(const DQ& dq, const Q& q, int j, T db, Out&& proj) {
+  T s;
+  weighted_sum<K>(row_of<DQ>{dq, j}, row_of<Q>{q, j}, s);
+  proj = mean_of(s, db);
 }
 
 /// Gradient through `projection` and `coefficients`: `dq = dab . scale . (1 - p^2) / tau`.

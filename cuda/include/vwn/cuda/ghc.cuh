@@ -20,22 +20,12 @@
 #include <vwn/ghc.hpp>
 
 #include "detail/kernels.cuh"
+#include "detail/staged_width.cuh"
 #include "memory.hpp"
 
 namespace vwn::cuda {
 
 namespace detail {
-
-/// Device pointers to the parameters of one GHC (the dynamic ones are null for a static GHC).
-struct ghc_param_ptrs {
-  const float *alpha, *beta, *W_alpha, *W_beta, *S_alpha, *S_beta, *g;
-};
-
-// Entry (j, k) of an `n x (2m+n)` block stored as an `n x (m+n)` and an `n x m` tensor side by side.
-template <int M, int N>
-__device__ __forceinline__ float pair_entry(const float* a, const float* b, int j, int k) {
-  return k < M + N ? a[j * (M + N) + k] : b[j * M + (k - M - N)];
-}
 
 // Loads an `rows x chunk` tile of a token's slots (`rows` slots of `db` values from `src`), columns d0 ..,
 // zero beyond the block width.
@@ -122,12 +112,12 @@ struct dghc_forward_width_smem {
 
 // Dynamic width connection, one kernel: per token, the per-slot inverse RMS, the projection Q = Hn W over
 // shared-memory tiles of the normalised slots, P = tanh(Q / sqrt(db)), [a | b] = S . P + [alpha | beta], then
-// the mixing. Saves rstd (T n) and P (T n x (2m+n)).
+// the mixing. Saves rstd (T n), Q and P (T n x (2m+n) each).
 template <int M, int N, class S>
 __global__ void __launch_bounds__(block_threads)
     dghc_forward_width_kernel(const S* __restrict__ H, index_t ldH, S* __restrict__ X, index_t ldX,
                               S* __restrict__ C, index_t ldC, ghc_param_ptrs p, int db, index_t T,
-                              float* __restrict__ rstd, float* __restrict__ P) {
+                              float* __restrict__ rstd, float* __restrict__ P, float* __restrict__ Qsaved) {
   constexpr int K = 2 * M + N, NK = N * K;
   using dot = tile_dot<N, K>;
   extern __shared__ float smem[];
@@ -155,6 +145,7 @@ __global__ void __launch_bounds__(block_threads)
       const int j = o / K, k = o % K;
       float pk;
       vwn::math::projection(red[o], inv_tau, pk);
+      Qsaved[t * NK + o] = red[o];
       P[t * NK + o] = pk;
       if (k == 0) rstd[t * N + j] = rs[j];
       vwn::math::coefficients(pair_entry<M, N>(p.S_alpha, p.S_beta, j, k), pk, pair_entry<M, N>(p.alpha, p.beta, j, k),
@@ -477,39 +468,43 @@ inline constexpr int column_threads = 128;
 
 // Projection gradient, first pass: for a group of tokens and one column d of the slot width,
 // A[k][d] = sum_{t in group, j} dQ[t][j][k] u[t][j][d] (u = math::rms_unit). Then d W[d][k] = g[d] A[k][d] and
-// d g[d] = sum_k W[d][k] A[k][d] (dghc_projection_grad_finish).
+// d g[d] = sum_k W[d][k] A[k][d] (dghc_projection_grad_finish). One thread's work (column d, group grp; also run
+// on the host by the tests):
 template <int M, int N, class S>
-__global__ void __launch_bounds__(column_threads)
-    dghc_projection_grad_kernel(const S* __restrict__ H, index_t ldH, const float* __restrict__ rstd,
-                                const float* __restrict__ dQ, float* __restrict__ partial, int db, index_t T,
-                                int groups) {
+VWN_HOST_DEVICE void projection_grad_column(const S* H, index_t ldH, const float* rstd, const float* dQ,
+                                            float* partial, int db, index_t T, int groups, int d, int grp) {
   constexpr int K = 2 * M + N;
-  const int d = int(blockIdx.x) * column_threads + int(threadIdx.x), grp = int(blockIdx.y);
-  if (d >= db) return;  // no block-level synchronisation below
   const index_t t0 = T * grp / groups, t1 = T * (grp + 1) / groups;
   float acc[K];
-#pragma unroll
+  VWN_UNROLL
   for (int k = 0; k < K; ++k) acc[k] = 0.f;
   for (index_t t = t0; t < t1; ++t)
     for (int j = 0; j < N; ++j) {
       float u;
       vwn::math::rms_unit(to_float(H[t * ldH + j * db + d]), rstd[t * N + j], u);
       const float* q = dQ + (t * N + j) * K;  // the same address in every thread: a broadcast
-#pragma unroll
+      VWN_UNROLL
       for (int k = 0; k < K; ++k) acc[k] = fmaf(q[k], u, acc[k]);
     }
-#pragma unroll
+  VWN_UNROLL
   for (int k = 0; k < K; ++k) partial[(std::size_t(grp) * K + k) * std::size_t(db) + d] = acc[k];
 }
 
-// Projection gradient, second pass: sums the groups in order, adds d W_alpha, d W_beta and d g.
+template <int M, int N, class S>
+__global__ void __launch_bounds__(column_threads)
+    dghc_projection_grad_kernel(const S* __restrict__ H, index_t ldH, const float* __restrict__ rstd,
+                                const float* __restrict__ dQ, float* __restrict__ partial, int db, index_t T,
+                                int groups) {
+  const int d = int(blockIdx.x) * column_threads + int(threadIdx.x), grp = int(blockIdx.y);
+  if (d < db) projection_grad_column<M, N>(H, ldH, rstd, dQ, partial, db, T, groups, d, grp);
+}
+
+// Projection gradient, second pass: sums the groups in order, adds d W_alpha, d W_beta and d g. One thread's work
+// (column d):
 template <int M, int N>
-__global__ void dghc_projection_grad_finish(const float* __restrict__ partial, int groups, int db, ghc_param_ptrs p,
-                                            float* __restrict__ dW_alpha, float* __restrict__ dW_beta,
-                                            float* __restrict__ dg) {
+VWN_HOST_DEVICE void projection_grad_finish_column(const float* partial, int groups, int db, const ghc_param_ptrs& p,
+                                                   float* dW_alpha, float* dW_beta, float* dg, int d) {
   constexpr int R = M + N, K = 2 * M + N;
-  const int d = int(blockIdx.x * blockDim.x + threadIdx.x);
-  if (d >= db) return;
   const float gd = p.g[d];
   float dgs = 0.f;
   for (int k = 0; k < K; ++k) {
@@ -526,11 +521,19 @@ __global__ void dghc_projection_grad_finish(const float* __restrict__ partial, i
   dg[d] += dgs;
 }
 
+template <int M, int N>
+__global__ void dghc_projection_grad_finish(const float* __restrict__ partial, int groups, int db, ghc_param_ptrs p,
+                                            float* __restrict__ dW_alpha, float* __restrict__ dW_beta,
+                                            float* __restrict__ dg) {
+  const int d = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (d < db) projection_grad_finish_column<M, N>(partial, groups, db, p, dW_alpha, dW_beta, dg, d);
+}
+
 // Targets of the per-block partials of the dynamic width backward: [d alpha | d beta] then [dS_alpha | dS_beta].
 template <int M, int N>
 struct dghc_coefficient_target {
   float *alpha, *beta, *S_alpha, *S_beta;
-  __device__ float* operator()(int e) const {
+  VWN_HOST_DEVICE float* operator()(int e) const {
     constexpr int K = 2 * M + N;
     const bool scale = e >= N * K;
     const int o = scale ? e - N * K : e, j = o / K, k = o % K;
@@ -621,11 +624,21 @@ struct ghc_device_workspace {
   index_t tokens = 0;                      ///< T of the last forward_width
   device_buffer<float> rstd;               ///< dynamic: `T n` per-slot 1/rms
   device_buffer<float> P;                  ///< dynamic: `T n x (2m+n)` tanh outputs
+  device_buffer<float> Q;                  ///< dynamic: `T n x (2m+n)` projections before the tanh
   device_buffer<float> dB;                 ///< dynamic: `T n x m` gradient of each token's b
   device_buffer<float> dQ;                 ///< dynamic: `T n x (2m+n)` gradient before tanh
   device_buffer<float> partial;            ///< per-block gradient partials
   device_buffer<float> column_partial;     ///< dynamic: per-group partials of the projection gradient
+  device_buffer<float> gw;                 ///< dynamic: `(2m+n) x db` projection weight with g folded in (staged)
 };
+
+/// The kernel of a GHC's width connection. Forward: `staged` copies each token's `n x db` slab of `H` into shared
+/// memory once and reads it there for the norm, the projection and the mixing (DRAM traffic: `H` once, `X` and
+/// `C` once); `tiled` reads `H` from global memory in 32-column tiles, twice for a dynamic GHC (projection, then
+/// mixing), and needs little shared memory. Backward of a dynamic GHC: `staged` stages the slabs of `H`, `dX`
+/// and `dC` and reads each once; `tiled` sweeps them three times. `automatic` takes `staged` where its shared
+/// memory fits a block of the device, else `tiled`. Both give the same results up to float rounding of sums.
+enum class width_kernel { automatic, staged, tiled };
 
 /// A GHC sub-layer of compile-time shape `(M, N)` on the device, storage `S` (`float` or `bf16`), static or
 /// dynamic. Use the aliases `vwn::cuda::ghc` and `vwn::cuda::dghc`. Same calls and shapes as the host
@@ -674,24 +687,39 @@ class basic_ghc : public widths<M, N> {
   /// Clears the accumulated gradients (asynchronous).
   void zero_grad(const device_t& policy = device) { grads.set_zero(policy); }
 
-  /// Width connection, forward: `H` (`T x D'`) -> `X` (`T x D`) and `C` (`T x D'`). One kernel.
+  /// Width connection, forward: `H` (`T x D'`) -> `X` (`T x D`) and `C` (`T x D'`). One kernel (the staged one
+  /// of a dynamic GHC after a small one that folds `g` into the projection weight); `kernel` chooses it.
   void forward_width(const device_t& policy, device_matrix_cref<S> H, device_matrix_ref<S> X,
-                     device_matrix_ref<S> C, workspace& ws) const {
+                     device_matrix_ref<S> C, workspace& ws, width_kernel kernel = width_kernel::automatic) const {
     const std::string where = name() + "::forward_width";
     const index_t T = checks(where).forward_width(H, X, C);
     ws.tokens = 0;  // the saved state is replaced below: until the launch is queued, the workspace holds none
+    const std::size_t staged_bytes = detail::staged_width_layout<M, N, S, Dynamic>::bytes(int(db_));
+    kernel = choose(kernel, staged_bytes, where);
     if constexpr (Dynamic) {
       ws.rstd.resize(std::size_t(T * N));
       ws.P.resize(std::size_t(T * N * K));
+      ws.Q.resize(std::size_t(T * N * K));
     }
     const unsigned blocks = detail::token_blocks(T);
-    if constexpr (Dynamic) {
+    if (kernel != width_kernel::tiled) {
+      if constexpr (Dynamic) fold_weight(policy, ws);
+      const detail::staged_width_args<S> args{
+          H.data(), H.outerStride(), X.data(), X.outerStride(), C.data(), C.outerStride(), params.pointers(),
+          Dynamic ? ws.gw.data() : nullptr, int(db_), T, Dynamic ? ws.rstd.data() : nullptr,
+          Dynamic ? ws.P.data() : nullptr, Dynamic ? ws.Q.data() : nullptr,
+          detail::staged_width_vector<S>(int(db_), {{H.data(), H.outerStride()}, {X.data(), X.outerStride()},
+                                                    {C.data(), C.outerStride()}})};
+      const auto staged = detail::staged_width_kernel<M, N, S, Dynamic>;
+      detail::allow_shared_memory(staged, staged_bytes, where.c_str());
+      staged<<<blocks, detail::block_threads, staged_bytes, policy.stream()>>>(args);
+    } else if constexpr (Dynamic) {
       constexpr std::size_t smem = detail::dghc_forward_width_smem<M, N>::bytes;
       const auto kernel = detail::dghc_forward_width_kernel<M, N, S>;
       detail::allow_shared_memory(kernel, smem, where.c_str());
       kernel<<<blocks, detail::block_threads, smem, policy.stream()>>>(
           H.data(), H.outerStride(), X.data(), X.outerStride(), C.data(), C.outerStride(), params.pointers(),
-          int(db_), T, ws.rstd.data(), ws.P.data());
+          int(db_), T, ws.rstd.data(), ws.P.data(), ws.Q.data());
     } else {
       detail::ghc_forward_width_kernel<M, N, S><<<blocks, detail::block_threads, 0, policy.stream()>>>(
           H.data(), H.outerStride(), X.data(), X.outerStride(), C.data(), C.outerStride(),
@@ -739,9 +767,12 @@ class basic_ghc : public widths<M, N> {
   }
 
   /// Width connection, backward: from `dX` (`T x D`) and the total gradient `dC` of the carried state
-  /// (`T x D'`), writes `dH` (`T x D'`) and accumulates every parameter gradient.
+  /// (`T x D'`), writes `dH` (`T x D'`) and accumulates every parameter gradient. Dynamic GHC: `kernel` chooses
+  /// between the staged kernel (the three inputs' slabs in shared memory, each read from DRAM once) and the tiled
+  /// one (three sweeps over them), as for `forward_width`; then the column passes of the projection gradient.
   void backward_width(const device_t& policy, device_matrix_cref<S> H, device_matrix_cref<S> dX,
-                      device_matrix_cref<S> dC, device_matrix_ref<S> dH, workspace& ws) {
+                      device_matrix_cref<S> dC, device_matrix_ref<S> dH, workspace& ws,
+                      width_kernel kernel = width_kernel::automatic) {
     const std::string where = name() + "::backward_width";
     checks(where).backward_width(ws.tokens, H, dX, dC, dH);
     const index_t T = ws.tokens;
@@ -749,15 +780,30 @@ class basic_ghc : public widths<M, N> {
     if constexpr (Dynamic) {
       if (ws.dB.size() < std::size_t(T * N * M))
         vwn::detail::fail(where, "workspace", "one filled by backward_depth", "no saved d b");
+      const std::size_t staged_bytes = detail::staged_backward_layout<M, N, S>::bytes(int(db_));
+      kernel = choose(kernel, staged_bytes, where);
       ws.dQ.resize(std::size_t(T * N * K));
       ws.partial.resize(std::size_t(blocks) * 2 * N * K);
-      constexpr std::size_t smem = detail::dghc_backward_width_smem<M, N>::bytes;
-      const auto kernel = detail::dghc_backward_width_kernel<M, N, S>;
-      detail::allow_shared_memory(kernel, smem, where.c_str());
-      kernel<<<blocks, detail::block_threads, smem, policy.stream()>>>(
-          H.data(), H.outerStride(), dX.data(), dX.outerStride(), dC.data(), dC.outerStride(), dH.data(),
-          dH.outerStride(), params.pointers(), ws.P.data(), ws.rstd.data(), ws.dB.data(), ws.dQ.data(),
-          ws.partial.data(), int(db_), T);
+      if (kernel != width_kernel::tiled) {
+        fold_weight(policy, ws);
+        const detail::staged_backward_args<S> args{
+            H.data(), H.outerStride(), dX.data(), dX.outerStride(), dC.data(), dC.outerStride(), dH.data(),
+            dH.outerStride(), params.pointers(), ws.gw.data(), int(db_), T, ws.P.data(), ws.Q.data(),
+            ws.rstd.data(), ws.dB.data(), ws.dQ.data(), ws.partial.data(),
+            detail::staged_width_vector<S>(int(db_), {{H.data(), H.outerStride()}, {dX.data(), dX.outerStride()},
+                                                      {dC.data(), dC.outerStride()}, {dH.data(), dH.outerStride()}})};
+        const auto staged = detail::staged_width_backward_kernel<M, N, S>;
+        detail::allow_shared_memory(staged, staged_bytes, where.c_str());
+        staged<<<blocks, detail::block_threads, staged_bytes, policy.stream()>>>(args);
+      } else {
+        constexpr std::size_t smem = detail::dghc_backward_width_smem<M, N>::bytes;
+        const auto tiled = detail::dghc_backward_width_kernel<M, N, S>;
+        detail::allow_shared_memory(tiled, smem, where.c_str());
+        tiled<<<blocks, detail::block_threads, smem, policy.stream()>>>(
+            H.data(), H.outerStride(), dX.data(), dX.outerStride(), dC.data(), dC.outerStride(), dH.data(),
+            dH.outerStride(), params.pointers(), ws.P.data(), ws.rstd.data(), ws.dB.data(), ws.dQ.data(),
+            ws.partial.data(), int(db_), T);
+      }
       VWN_CUDA_CHECK_LAUNCH();
       detail::sum_partials(policy.stream(), ws.partial.data(), blocks, 2 * N * K,
                            detail::dghc_coefficient_target<M, N>{grads.alpha(), grads.beta(), grads.S_alpha(),
@@ -792,6 +838,27 @@ class basic_ghc : public widths<M, N> {
   static constexpr int K = 2 * M + N;
 
   vwn::detail::ghc_checks checks(const std::string& where) const { return {where, D_, wide_width()}; }
+
+  // The kernel a call runs: `staged` where its `staged_bytes` of shared memory fit a block of the current device
+  // (asked for and not fitting: an error), else `tiled`.
+  width_kernel choose(width_kernel kernel, std::size_t staged_bytes, const std::string& where) const {
+    if (kernel == width_kernel::tiled) return kernel;
+    const std::size_t limit = detail::shared_memory_optin();
+    if (staged_bytes <= limit) return width_kernel::staged;
+    if (kernel == width_kernel::staged)
+      vwn::detail::fail(where, "shared memory of the staged kernel",
+                        "at most " + std::to_string(limit) + " bytes (the device's limit per block)",
+                        std::to_string(staged_bytes) + " bytes (slot width " + std::to_string(db_) + ")");
+    return width_kernel::tiled;
+  }
+
+  // The folded projection weight `g . [W_alpha | W_beta]` into `ws.gw` (asynchronous).
+  void fold_weight(const device_t& policy, workspace& ws) const {
+    ws.gw.resize(std::size_t(K) * std::size_t(db_));
+    detail::fold_weight_kernel<M, N><<<unsigned(detail::ceil_div(K * db_, 256)), 256, 0, policy.stream()>>>(
+        params.pointers(), ws.gw.data(), int(db_));
+    VWN_CUDA_CHECK_LAUNCH();
+  }
 
   using widths<M, N>::D_;
   using widths<M, N>::db_;

@@ -42,7 +42,7 @@ constexpr index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 struct coefficient_block {
   const float* p;
   int ld;
-  __device__ __forceinline__ float operator()(int j, int k) const { return p[j * ld + k]; }
+  VWN_HOST_DEVICE float operator()(int j, int k) const { return p[j * ld + k]; }
 };
 
 /// Value accessor of the math layer over column `c` of a shared-memory tile: `j -> tile[j * tile_ld + c]`.
@@ -166,19 +166,24 @@ struct block_partial {
 };
 
 /// Second pass of the gradient reductions: `*target(e) += sum_b partial[b][e]`, blocks summed in order.
+/// One entry of it (the thread's work; also run on the host by the tests).
 template <class Target>
-__global__ void sum_partials_kernel(const float* __restrict__ partial, int blocks, int E, Target target) {
-  const int e = int(blockIdx.x * blockDim.x + threadIdx.x);
-  if (e >= E) return;
+VWN_HOST_DEVICE void sum_partials_entry(const float* partial, int blocks, int E, const Target& target, int e) {
   float s = 0.f;
   for (int b = 0; b < blocks; ++b) s += partial[std::size_t(b) * std::size_t(E) + std::size_t(e)];
   *target(e) += s;
 }
 
+template <class Target>
+__global__ void sum_partials_kernel(const float* __restrict__ partial, int blocks, int E, Target target) {
+  const int e = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (e < E) sum_partials_entry(partial, blocks, E, target, e);
+}
+
 /// A contiguous gradient tensor as a target of sum_partials_kernel.
 struct plain_target {
   float* p;
-  __device__ float* operator()(int e) const { return p + e; }
+  VWN_HOST_DEVICE float* operator()(int e) const { return p + e; }
 };
 
 /// Launches sum_partials_kernel on `stream`.
@@ -191,13 +196,19 @@ void sum_partials(cudaStream_t stream, const float* partial, unsigned blocks, in
 
 /// Sets the dynamic shared-memory limit of `kernel` to `bytes` (needed above 48 KiB) and checks that the
 /// device has that much per block.
-template <class Kernel>
-void allow_shared_memory(Kernel kernel, std::size_t bytes, const char* where) {
-  if (bytes <= 48 * 1024) return;
+/// The most dynamic shared memory a block of the current device may have (after opting in above 48 KiB).
+inline std::size_t shared_memory_optin() {
   int dev = 0, optin = 0;
   VWN_CUDA_CHECK(cudaGetDevice(&dev));
   VWN_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (std::size_t(optin) < bytes)
+  return std::size_t(optin);
+}
+
+template <class Kernel>
+void allow_shared_memory(Kernel kernel, std::size_t bytes, const char* where) {
+  if (bytes <= 48 * 1024) return;
+  const std::size_t optin = shared_memory_optin();
+  if (optin < bytes)
     vwn::detail::fail(where, "shared memory per block", std::to_string(bytes) + " bytes",
                       "a device with " + std::to_string(optin) + " bytes");
   VWN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));

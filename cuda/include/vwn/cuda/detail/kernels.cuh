@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <array>
+#include <atomic>
 #include <cstddef>
 
 #include <vwn/core/checks.hpp>
@@ -194,16 +196,21 @@ void sum_partials(cudaStream_t stream, const float* partial, unsigned blocks, in
   VWN_CUDA_CHECK_LAUNCH();
 }
 
-/// Sets the dynamic shared-memory limit of `kernel` to `bytes` (needed above 48 KiB) and checks that the
-/// device has that much per block.
-/// The most dynamic shared memory a block of the current device may have (after opting in above 48 KiB).
+/// The most dynamic shared memory a block of the current device may have (after opting in above 48 KiB). Asked
+/// of the driver once per device (the first 64 devices) and kept: every staged call consults it.
 inline std::size_t shared_memory_optin() {
   int dev = 0, optin = 0;
   VWN_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::array<std::atomic<int>, 64> known{};  // 0: not asked yet
+  if (dev >= 0 && dev < int(known.size()) && (optin = known[std::size_t(dev)].load(std::memory_order_relaxed)) > 0)
+    return std::size_t(optin);
   VWN_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (dev >= 0 && dev < int(known.size())) known[std::size_t(dev)].store(optin, std::memory_order_relaxed);
   return std::size_t(optin);
 }
 
+/// Sets the dynamic shared-memory limit of `kernel` to `bytes` (needed above 48 KiB) and checks that the
+/// device has that much per block.
 template <class Kernel>
 void allow_shared_memory(Kernel kernel, std::size_t bytes, const char* where) {
   if (bytes <= 48 * 1024) return;

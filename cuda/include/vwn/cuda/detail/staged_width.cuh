@@ -1,8 +1,9 @@
 #pragma once
-// The staged width connection (forward) of a GHC sub-layer: each block copies one token's `n x db` slab of `H`
+// The staged width connection of a GHC sub-layer. Forward: each block copies one token's `n x db` slab of `H`
 // into shared memory (16-byte loads where the layout allows), and everything else of the token reads it there:
 // the per-slot sums of squares and the projection onto `g . W` (prepared once per call, `fold_weight_kernel`),
-// the tanh and the coefficients, then the mixing into `X` and `C`. Each byte of `H` crosses DRAM once.
+// the tanh and the coefficients, then the mixing into `X` and `C`. Each byte of `H` crosses DRAM once. Backward
+// (dynamic): the slabs of `H`, `dX` and `dC` are staged the same way and each read from DRAM once.
 //
 // The body is written once for two executors of a block: the device (`device_block`: each thread runs a phase,
 // then all meet at a barrier) and the host (`host_block`: one thread runs the phase for every thread index in

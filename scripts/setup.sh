@@ -15,6 +15,8 @@ packages+=(clang libclang-rt-dev llvm)
 # headers and pybind11 its extension module is built with; OpenBLAS first, so that PyTorch does not run on the
 # reference BLAS (about 9x slower).
 packages+=(libopenblas0-pthread libtorch-dev python3-torch python3-dev pybind11-dev)
+# `pip install ./examples/pytorch` into a venv, offline (its test): venv, pip, and setuptools + wheel to build with.
+packages+=(python3-venv python3-pip python3-setuptools python3-wheel)
 # The scaling experiment's figures and the connectivity maps (scripts/scaling.sh; its quick mode is a test), and
 # the loss plot of vwn-train.
 packages+=(gnuplot-nox)

@@ -1,31 +1,30 @@
 #pragma once
 /// \file vwn_torch.hpp
-/// vwn's primitives inside PyTorch's C++ API (LibTorch): autograd operators and `torch::nn::Module`s for the GHC /
-/// DGHC sub-layer, the over-width embeddings, the reduce head and the MTP mixer, on CPU tensors in float32 or
-/// float64. The shape `(m, n)` is chosen at run time from the shapes this build compiled (`compiled_shapes()`);
-/// the work is done by vwn's host back end (the reference transformer's width parts, `transformer/width.hpp`),
-/// its forward and hand-written backward, not by autograd over small PyTorch operations.
+/// vwn's primitives inside PyTorch's C++ API (LibTorch): registered operators (`torch.ops.vwn.*`, with CPU,
+/// Autograd, AutocastCPU and Meta kernels) and `torch::nn::Module`s for the GHC / DGHC sub-layer, the over-width
+/// embeddings, the reduce head and the MTP mixer, on CPU tensors in float32 or float64. The shape `(m, n)` is chosen
+/// at run time from the shapes this build compiled (`compiled_shapes()`); the work is done by vwn's host back end
+/// (the reference transformer's width parts, `transformer/width.hpp`), its forward and hand-written backward, not by
+/// autograd over small PyTorch operations.
+///
+/// The operators are pure functions of their arguments: each call computes with the parameter tensors it is handed
+/// (copied into a private workspace of vwn's for the call) and never writes them. A module's parameters are ordinary
+/// tensors owned by PyTorch, changed only by whoever owns them (an optimiser, `load_state_dict`).
 ///
 /// Layout: every tensor is row-major with the feature dimension last, any number of leading dimensions
-/// (`[..., D']` for an over-width state, `[..., D]` for a backbone vector); they are flattened to `T` tokens
-/// without a copy. Inputs must be contiguous CPU tensors of the module's dtype; anything else is refused with a
-/// `c10::Error` naming the argument, what was expected and what was given (nothing is copied to another device or
-/// dtype behind the caller's back). Gradients arriving from autograd are made contiguous where they are not.
+/// (`[..., D']` for an over-width state, `[..., D]` for a backbone vector); non-contiguous inputs are copied, as
+/// PyTorch's own operators do. Inputs must be CPU tensors of the parameters' dtype (float32 or float64; under CPU
+/// autocast they are cast to it); anything else is refused with a `c10::Error` naming the operator, the argument,
+/// what was expected and what was given.
 ///
-/// Parameters: each module registers its parameters under vwn's names (`alpha`, `beta`, `W_alpha`, ..., `E`,
-/// `W_reduce`, `W_mix`) with vwn's logical shapes (docs/checkpoint.md), sharing memory with the vwn primitive
-/// that computes with them: an optimiser step updates them in place and the next forward sees it without a copy.
-/// A parameter that no longer shares that memory (replaced, or loaded by assignment) is copied in at the next
-/// forward. A module is built for one dtype; `to(dtype)` is refused at the next forward.
-///
-/// Checkpoints of `vwn-train` load into the modules by name: `read_checkpoint` and `load_from`.
-///
-/// A module is not meant to run two backward passes at once from two threads; its calls are serialised by a lock.
+/// The backward passes are not differentiable: a double backward (`create_graph` followed by a second backward,
+/// Hessians, `gradgradcheck`) raises an error naming the operator.
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,43 +32,53 @@
 
 namespace vwn::libtorch {
 
-/// The shapes `(m, n)` this build compiled, e.g. "(1,1) (1,2) (2,3) ...": the only ones a module accepts.
+/// The shapes `(m, n)` this build compiled, e.g. "(1,1) (1,2) (2,3) ...": the only ones the operators accept.
 std::string compiled_shapes();
 
-/// One vwn primitive behind the modules: its parameters, their gradients and its lock. Opaque; shared by a module
-/// and the autograd nodes of the calls that are waiting for their backward pass.
-class primitive;
-
-/// A parameter of a primitive: vwn's name, a tensor sharing the primitive's memory, and whether decoupled weight
-/// decay applies to it in vwn's trainer (the dynamic projections, the reduce and the mixer; not the static
-/// matrices, norms or embedding tables).
+/// A parameter of a part: vwn's name, a fresh tensor holding its initial value, and whether decoupled weight decay
+/// applies to it in vwn's trainer (the dynamic projections, the reduce and the mixer; not the static matrices,
+/// norms or embedding tables).
 struct parameter {
   std::string name;
   torch::Tensor tensor;
   bool weight_decay = false;
 };
 
-/// The parameters of a primitive, in vwn's order.
-std::vector<parameter> parameters_of(const std::shared_ptr<primitive>& p);
-
-/// A readable name of the primitive, e.g. "vwn::dghc<2,3> (D = 512, float32)".
-std::string describe(const primitive& p);
-
 // ---------------------------------------------------------------------------------------------------------------
-// Primitives and their autograd operators (the functional interface; the modules below call them). `params` are
-// the primitive's parameters in the order of `parameters_of` (or tensors of the same shapes and dtype, which are
-// then used instead): autograd delivers their gradients there.
+// Initial parameters, in the order the operators take them
 // ---------------------------------------------------------------------------------------------------------------
 
 /// A GHC (`dynamic` false) or DGHC sub-layer of shape `(m, n)` for backbone width `dim` (a positive multiple of
-/// `m`), initialised as in the paper (eq. 15, 16; dynamic projections 0, scales 1).
-std::shared_ptr<primitive> make_ghc(int m, int n, std::int64_t dim, bool dynamic, torch::Dtype dtype);
+/// `m`), initialised as in the paper (eq. 15, 16; dynamic projections 0, scales 1): `alpha` `n x (m+n)`, `beta`
+/// `n x m` and, dynamic, `W_alpha` `db x (m+n)`, `W_beta` `db x m`, `S_alpha`, `S_beta`, `g` `[db]`.
+std::vector<parameter> ghc_parameters(int m, int n, std::int64_t dim, bool dynamic, torch::Dtype dtype);
+
+/// A direct (`E`, `V x D'`) or low-rank (`E_base` `V x D`, `W_expand` `D' x D`) over-width embedding for vocabulary
+/// size `vocab`, drawn with `seed` as vwn draws it.
+std::vector<parameter> embedding_parameters(int m, int n, std::int64_t vocab, std::int64_t dim, bool lowrank,
+                                            std::uint64_t seed, torch::Dtype dtype);
+
+/// The reduce head `h = W_reduce GroupNorm(H)` (`D' -> D`): `gn_weight`, `gn_bias` `[D']` (when `n % m == 0`,
+/// `n != m`), `W_reduce` `D x D'` (when `n != m`); none for `n == m` (the identity). Drawn with `seed`.
+std::vector<parameter> reduce_head_parameters(int m, int n, std::int64_t dim, std::uint64_t seed, torch::Dtype dtype);
+
+/// The block-level MTP mixer `U[j] = W_mix [A[j]; B[j]]`: `W_mix` `db x 2db`, drawn with `seed`.
+std::vector<parameter> mtp_mixer_parameters(int m, int n, std::int64_t dim, std::uint64_t seed, torch::Dtype dtype);
+
+/// A seed drawn from PyTorch's default CPU generator (follows `torch::manual_seed`).
+std::uint64_t seed_from_torch();
+
+// ---------------------------------------------------------------------------------------------------------------
+// The operators (`torch.ops.vwn.<name>`, called through the dispatcher: autograd, autocast and tracing apply).
+// `params` are the part's parameters in the order above.
+// ---------------------------------------------------------------------------------------------------------------
 
 /// What the width connection hands to the depth connection of the same sub-layer: the carried state `C`
-/// (`[..., D']`) and the call's saved coefficients. Feed it to exactly one `ghc_depth`.
+/// (`[..., D']`) and each token's depth coefficients `b` (`[..., n, m]`), which also hold the call's saved state.
+/// `b` must be the very tensor the width connection returned (not a copy).
 struct ghc_carry {
-  torch::Tensor C;                     ///< the carried state
-  c10::intrusive_ptr<torch::CustomClassHolder> saved;  ///< the call's saved state (opaque)
+  torch::Tensor C;
+  torch::Tensor b;
 };
 
 /// The width connection's result: the backbone input `X` (`[..., D]`) and the carry.
@@ -78,55 +87,59 @@ struct ghc_width_result {
   ghc_carry carry;
 };
 
-/// Width connection: `H` (`[..., D']`) -> `X`, `C` (`mix = a^T H`).
-ghc_width_result ghc_width(const std::shared_ptr<primitive>& ghc, const torch::Tensor& H, torch::TensorList params);
+/// `vwn::ghc_width(Tensor H, Tensor[] params, int m, int n, bool dynamic, int owner=0) -> (Tensor X, Tensor C,
+/// Tensor b)`: `H` (`[..., D']`) -> `X`, `C` (`mix = a^T H`), `b`. `owner` names the caller (a module's id, 0 for
+/// none): a depth connection of another owner refuses the carry.
+ghc_width_result ghc_width(const torch::Tensor& H, torch::TensorList params, int m, int n, bool dynamic,
+                           std::int64_t owner = 0);
 
-/// Depth connection: `H_out = b Z + C` for the backbone output `Z` (`[..., D]`, same leading dimensions as `X`).
-torch::Tensor ghc_depth(const torch::Tensor& Z, const ghc_carry& carry, torch::TensorList params);
+/// `vwn::ghc_depth(Tensor Z, Tensor C, Tensor b, Tensor[] params, int m, int n, bool dynamic, int owner=0) -> Tensor`:
+/// `H_out = b Z + C` for the backbone output `Z` (`[..., D]`, the leading dimensions of `C`).
+torch::Tensor ghc_depth(const torch::Tensor& Z, const ghc_carry& carry, torch::TensorList params, int m, int n,
+                        bool dynamic, std::int64_t owner = 0);
 
-/// A direct (`E`, `V x D'`) or low-rank (`E_base` `V x D`, `W_expand` `D' x D`) over-width embedding for vocabulary
-/// size `vocab`, drawn with `seed` as vwn draws it.
-std::shared_ptr<primitive> make_embedding(int m, int n, std::int64_t vocab, std::int64_t dim, bool lowrank,
-                                          std::uint64_t seed, torch::Dtype dtype);
+/// `vwn::overwidth_embedding(Tensor tokens, Tensor[] params, int m, int n, bool lowrank) -> Tensor`: `H0`
+/// (`[..., D']`) for integer `tokens` (`[...]`, int32 or int64, each in `[0, vocab)`).
+torch::Tensor overwidth_embedding(const torch::Tensor& tokens, torch::TensorList params, int m, int n, bool lowrank);
 
-/// `H0` (`[..., D']`) for integer `tokens` (`[...]`, int32 or int64, each in `[0, vocab)`).
-torch::Tensor embedding_forward(const std::shared_ptr<primitive>& embedding, const torch::Tensor& tokens,
-                                torch::TensorList params);
+/// `vwn::reduce_head(Tensor H, Tensor[] params, int m, int n) -> Tensor`: `h` (`[..., D]`) from `H` (`[..., D']`).
+torch::Tensor reduce_head(const torch::Tensor& H, torch::TensorList params, int m, int n);
 
-/// The reduce head `h = W_reduce GroupNorm(H)` (`D' -> D`; no GroupNorm for fractional `n/m`, the identity for
-/// `n == m`), drawn with `seed`.
-std::shared_ptr<primitive> make_reduce_head(int m, int n, std::int64_t dim, std::uint64_t seed, torch::Dtype dtype);
-
-/// `h` (`[..., D]`) from the last over-width state `H` (`[..., D']`).
-torch::Tensor reduce_head_forward(const std::shared_ptr<primitive>& head, const torch::Tensor& H,
-                                  torch::TensorList params);
-
-/// The block-level MTP mixer `U[j] = W_mix [A[j]; B[j]]` per slot, drawn with `seed`.
-std::shared_ptr<primitive> make_mtp_mixer(int m, int n, std::int64_t dim, std::uint64_t seed, torch::Dtype dtype);
-
-/// `U` (`[..., D']`) from `A` and `B` (both `[..., D']`).
-torch::Tensor mtp_mixer_forward(const std::shared_ptr<primitive>& mixer, const torch::Tensor& A, const torch::Tensor& B,
-                                torch::TensorList params);
+/// `vwn::mtp_mixer(Tensor A, Tensor B, Tensor[] params, int m, int n) -> Tensor`: `U` (`[..., D']`) from `A`, `B`.
+torch::Tensor mtp_mixer(const torch::Tensor& A, const torch::Tensor& B, torch::TensorList params, int m, int n);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Modules
 // ---------------------------------------------------------------------------------------------------------------
 
-/// What every module below shares: the primitive, its parameters registered under vwn's names (sharing its memory),
-/// and loading them from a checkpoint's tensors.
+/// What every module below shares: its parameters registered under vwn's names (ordinary tensors), a unique id
+/// that its GHC carries name, and loading from a checkpoint's tensors.
 class PrimitiveModule : public torch::nn::Module {
  public:
   /// Copies the tensors `<prefix><name>` of `tensors` (e.g. a checkpoint's `model.blocks.0.ghc_attn.`) into the
   /// parameters; each must exist and hold as many values as the parameter (flat or shaped). Nothing is copied unless
   /// all are there.
   void load_from(const std::map<std::string, torch::Tensor>& tensors, const std::string& prefix);
-  /// The primitive.
-  const std::shared_ptr<primitive> core;
+  /// The registered parameters, in vwn's order (what the operators are given).
+  std::vector<torch::Tensor> vwn_parameters() const;
+  /// The names of the parameters vwn's trainer applies weight decay to.
+  std::vector<std::string> weight_decay_names() const;
+  /// This module's id (unique in the process).
+  std::int64_t id() const { return id_; }
 
  protected:
-  explicit PrimitiveModule(std::shared_ptr<primitive> p);
-  /// The registered parameters, in vwn's order (what the operators are given).
-  std::vector<torch::Tensor> params_;
+  /// Registers `params` (in vwn's order).
+  void register_vwn(std::vector<parameter> params);
+  /// Copies `params` (same names and shapes) into the registered parameters.
+  void assign(const std::vector<parameter>& params);
+
+ private:
+  std::vector<std::string> names_;
+  std::vector<std::string> decay_;
+  std::int64_t id_;
+
+ protected:
+  PrimitiveModule();
 };
 
 /// Settings of a GHC / DGHC sub-layer: `GHCOptions(2, 3, 512).dynamic(true).dtype(torch::kFloat64)`.
@@ -148,13 +161,15 @@ class GHCImpl : public PrimitiveModule {
   torch::Tensor forward(const torch::Tensor& H, const std::function<torch::Tensor(const torch::Tensor&)>& backbone);
   /// The width connection alone.
   ghc_width_result width(const torch::Tensor& H);
-  /// The depth connection of a width connection's carry.
+  /// The depth connection of this module's width connection's carry (another module's carry is refused).
   torch::Tensor depth(const torch::Tensor& Z, const ghc_carry& carry);
+  /// Back to the initial values (eq. 15, 16).
+  void reset_parameters();
   const GHCOptions options;
 };
 TORCH_MODULE(GHC);
 
-/// Settings of an over-width embedding.
+/// Settings of an over-width embedding. Without a seed, one is drawn from PyTorch's generator.
 struct OverWidthEmbeddingOptions {
   OverWidthEmbeddingOptions(int m, int n, std::int64_t vocab, std::int64_t dim) : m_(m), n_(n), vocab_(vocab), dim_(dim) {}
   TORCH_ARG(int, m);
@@ -162,7 +177,7 @@ struct OverWidthEmbeddingOptions {
   TORCH_ARG(std::int64_t, vocab);
   TORCH_ARG(std::int64_t, dim);
   TORCH_ARG(bool, lowrank) = false;
-  TORCH_ARG(std::uint64_t, seed) = 1;
+  TORCH_ARG(std::optional<std::uint64_t>, seed) = std::nullopt;
   TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
 };
 
@@ -171,17 +186,19 @@ class OverWidthEmbeddingImpl : public PrimitiveModule {
  public:
   explicit OverWidthEmbeddingImpl(const OverWidthEmbeddingOptions& options);
   torch::Tensor forward(const torch::Tensor& tokens);
+  /// New values drawn with a seed from PyTorch's generator.
+  void reset_parameters();
   const OverWidthEmbeddingOptions options;
 };
 TORCH_MODULE(OverWidthEmbedding);
 
-/// Settings of a reduce head or an MTP mixer.
+/// Settings of a reduce head or an MTP mixer. Without a seed, one is drawn from PyTorch's generator.
 struct WidthOptions {
   WidthOptions(int m, int n, std::int64_t dim) : m_(m), n_(n), dim_(dim) {}
   TORCH_ARG(int, m);
   TORCH_ARG(int, n);
   TORCH_ARG(std::int64_t, dim);
-  TORCH_ARG(std::uint64_t, seed) = 2;
+  TORCH_ARG(std::optional<std::uint64_t>, seed) = std::nullopt;
   TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
 };
 
@@ -190,6 +207,8 @@ class ReduceHeadImpl : public PrimitiveModule {
  public:
   explicit ReduceHeadImpl(const WidthOptions& options);
   torch::Tensor forward(const torch::Tensor& H);
+  /// New values drawn with a seed from PyTorch's generator.
+  void reset_parameters();
   const WidthOptions options;
 };
 TORCH_MODULE(ReduceHead);
@@ -199,6 +218,8 @@ class MTPMixerImpl : public PrimitiveModule {
  public:
   explicit MTPMixerImpl(const WidthOptions& options);
   torch::Tensor forward(const torch::Tensor& A, const torch::Tensor& B);
+  /// New values drawn with a seed from PyTorch's generator.
+  void reset_parameters();
   const WidthOptions options;
 };
 TORCH_MODULE(MTPMixer);
@@ -215,10 +236,5 @@ struct checkpoint_tensors {
   std::map<std::string, std::string> metadata;
 };
 checkpoint_tensors read_checkpoint(const std::string& path);
-
-/// Copies the tensors `<prefix><name>` into `params` (named as `parameters_of(p)`), checking that each exists and
-/// holds as many values; throws std::invalid_argument naming the tensor, the expected and the given count.
-void load_parameters(const std::shared_ptr<primitive>& p, const std::vector<torch::Tensor>& params,
-                     const std::map<std::string, torch::Tensor>& tensors, const std::string& prefix);
 
 }  // namespace vwn::libtorch

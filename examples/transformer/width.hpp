@@ -65,6 +65,13 @@ class ghc_layer {
   /// The coefficients `[a | b]` (`n x (2m+n)`) that the forward saved in `s` used for token `t` (the static ones for
   /// static GHC).
   virtual matrix<Scalar> token_coefficients(const state& s, index_t t) const = 0;
+  /// The depth coefficients `b` of every token of `s`, `n x m` each, token after token (row-major `n x m` blocks):
+  /// `b` must hold `T n m` values.
+  virtual void depth_coefficients(const state& s, std::span<Scalar> b) const = 0;
+  /// The gradient of each token's `b` held in `s`, laid out as `depth_coefficients` lays out `b` (`T n m` values):
+  /// written by `backward_depth`, read by `backward_width`. Dynamic GHC only; static GHC keeps none (its `b` is a
+  /// parameter, whose gradient `backward_depth` accumulates itself) and returns an empty span.
+  virtual std::span<Scalar> depth_gradient(state& s) const = 0;
   /// Visits every tensor, names prefixed with `prefix` (e.g. "blocks.0.ghc_attn.").
   virtual void visit(const std::string& prefix, const tensor_visitor<Scalar>& f) = 0;
 };

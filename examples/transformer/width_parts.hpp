@@ -63,6 +63,19 @@ class ghc_part final : public ghc_layer<Scalar> {
   matrix<Scalar> token_coefficients(const base_state& s, index_t t) const override {
     return layer_.token_coefficients(ws(s), t);
   }
+  void depth_coefficients(const base_state& s, std::span<Scalar> b) const override {
+    const auto& w = ws(s);
+    if (b.size() != std::size_t(w.tokens * N * M))
+      detail::fail(layer_.name() + "::depth_coefficients", "b", std::to_string(w.tokens * N * M) + " values",
+                   std::to_string(b.size()));
+    for (index_t t = 0; t < w.tokens; ++t)
+      Eigen::Map<fixed_matrix<Scalar, N, M>>(b.data() + t * N * M) =
+          layer_.token_coefficients(w, t).template rightCols<M>();
+  }
+  std::span<Scalar> depth_gradient(base_state& s) const override {
+    if constexpr (Dynamic) return {ws(s).dB.data(), std::size_t(ws(s).dB.size())};
+    else return {};
+  }
   void visit(const std::string& prefix, const tensor_visitor<Scalar>& f) override { visit_module(prefix, layer_, f); }
 
  private:

@@ -125,6 +125,16 @@ class Base(unittest.TestCase):
         self.assertTrue(torch.allclose(got, want, rtol=rtol, atol=atol * scale),
                         f"{what}: max |got - want| = {err:.3e} (scale {scale:.3e}, rtol {rtol}, atol {atol})")
 
+    def compare_grads(self, module, ref_params, inputs, ref_inputs, dtype, what):
+        for name, p in module.named_parameters():
+            want = ref_params[name].grad
+            if want is None:  # the reference did not use it: its gradient is zero
+                want = torch.zeros_like(p)
+            self.assertClose(p.grad, want, dtype, f"{what}: d{name}")
+        for i, (x, r) in enumerate(zip(inputs, ref_inputs)):
+            self.assertClose(x.grad, r.grad, dtype, f"{what}: input {i} gradient")
+
+
 
 def backbone_of(dim, gen, dtype):
     """A fixed nonlinear backbone Z = tanh(X W) (its weight does not train)."""
@@ -149,8 +159,8 @@ class GradCheck(Base):
                     backbone = backbone_of(dim, self.gen, torch.float64)
 
                     def f(H, *ps):
-                        X, carry = _C.ghc_width(ghc._core, H, list(ps))
-                        return _C.ghc_depth(backbone(X), carry, list(ps))
+                        X, C, b = torch.ops.vwn.ghc_width(H, list(ps), m, n, dynamic)
+                        return torch.ops.vwn.ghc_depth(backbone(X), C, b, list(ps), m, n, dynamic)
 
                     self.assertTrue(torch.autograd.gradcheck(f, (H, *params), eps=1e-6, atol=1e-7, rtol=1e-5))
 
@@ -162,7 +172,7 @@ class GradCheck(Base):
                     emb = vwn_torch.OverWidthEmbedding(m, n, vocab, dim, lowrank=lowrank, dtype=torch.float64)
                     params = [p.detach().clone().requires_grad_(True) for p in emb.parameters()]
                     tokens = torch.randint(0, vocab, (2, 5), generator=self.gen)
-                    f = lambda *ps: _C.embedding_forward(emb._core, tokens, list(ps))
+                    f = lambda *ps: torch.ops.vwn.overwidth_embedding(tokens, list(ps), m, n, lowrank)
                     self.assertTrue(torch.autograd.gradcheck(f, tuple(params), eps=1e-6, atol=1e-7, rtol=1e-5))
 
     def test_reduce_head(self):
@@ -173,7 +183,7 @@ class GradCheck(Base):
                 randomise(head, self.gen)
                 params = [p.detach().clone().requires_grad_(True) for p in head.parameters()]
                 H = self.rand(3, 2, n * dim // m).requires_grad_(True)
-                f = lambda H, *ps: _C.reduce_head_forward(head._core, H, list(ps))
+                f = lambda H, *ps: torch.ops.vwn.reduce_head(H, list(ps), m, n)
                 self.assertTrue(torch.autograd.gradcheck(f, (H, *params), eps=1e-6, atol=1e-7, rtol=1e-5))
 
     def test_mtp_mixer(self):
@@ -184,7 +194,7 @@ class GradCheck(Base):
                 params = [p.detach().clone().requires_grad_(True) for p in mix.parameters()]
                 A = self.rand(2, 3, n * dim // m).requires_grad_(True)
                 B = self.rand(2, 3, n * dim // m).requires_grad_(True)
-                f = lambda A, B, *ps: _C.mtp_mixer_forward(mix._core, A, B, list(ps))
+                f = lambda A, B, *ps: torch.ops.vwn.mtp_mixer(A, B, list(ps), m, n)
                 self.assertTrue(torch.autograd.gradcheck(f, (A, B, *params), eps=1e-6, atol=1e-7, rtol=1e-5))
 
 
@@ -193,15 +203,6 @@ class GradCheck(Base):
 # ----------------------------------------------------------------------------------------------------------------
 
 class Reference(Base):
-    def compare_grads(self, module, ref_params, inputs, ref_inputs, dtype, what):
-        for name, p in module.named_parameters():
-            want = ref_params[name].grad
-            if want is None:  # the reference did not use it: its gradient is zero
-                want = torch.zeros_like(p)
-            self.assertClose(p.grad, want, dtype, f"{what}: d{name}")
-        for i, (x, r) in enumerate(zip(inputs, ref_inputs)):
-            self.assertClose(x.grad, r.grad, dtype, f"{what}: input {i} gradient")
-
     def test_ghc(self):
         for dtype in (torch.float32, torch.float64):
             for (m, n) in SHAPES + [(8, 32)]:
@@ -397,9 +398,9 @@ class Modules(Base):
         cases = [
             (lambda: vwn_torch.DGHC(3, 5, 15), ValueError, "expected one of the shapes this build compiled, " + _C.compiled_shapes()),
             (lambda: vwn_torch.DGHC(2, 3, 15), ValueError, "dim: expected a positive multiple of m = 2, got 15"),
-            (lambda: ghc(torch.zeros(4, 25), torch.tanh), ValueError, "H: expected shape [..., 24], got [4, 25]"),
-            (lambda: ghc(torch.zeros(4, 24, dtype=torch.float64), torch.tanh), TypeError, "H: expected dtype float32 (the module's), got float64"),
-            (lambda: ghc(torch.zeros(24, 4).T, torch.tanh), ValueError, "H: expected a contiguous (row-major) tensor"),
+            (lambda: ghc(torch.zeros(4, 25), torch.tanh), ValueError, "H: expected a last dimension D' that is a positive multiple of n = 3, got shape [4, 25]"),
+            (lambda: ghc(torch.zeros(4, 27), torch.tanh), ValueError, "parameter W_alpha: expected shape [9, 5], got [8, 5]"),
+            (lambda: ghc(torch.zeros(4, 24, dtype=torch.float64), torch.tanh), TypeError, "H: expected dtype float32 (the parameters'), got float64"),
             (lambda: ghc(torch.zeros(0, 24), torch.tanh), ValueError, "H: expected at least one token"),
             (lambda: ghc(torch.zeros(4, 24), lambda X: X[:2]), ValueError, "Z: expected the leading dimensions of its partner, [4], got [2]"),
             (lambda: vwn_torch.OverWidthEmbedding(2, 3, 10, 16)(torch.tensor([1, 10])), IndexError,
@@ -415,19 +416,318 @@ class Modules(Base):
                     fn()
                 self.assertIn(text, str(e.exception))
 
-    def test_converted_module_is_refused(self):
-        ghc = vwn_torch.DGHC(2, 3, 16).to(torch.float64)
+    def test_converted_module_computes_in_its_new_dtype(self):
+        # module.double() converts the parameters; the operators compute in the parameters' dtype.
+        m, n, dim = 2, 3, 8
+        ghc = vwn_torch.DGHC(m, n, dim)
+        randomise(ghc, self.gen)
+        ghc = ghc.double()
+        H = self.rand(4, 12)
+        self.assertClose(ghc(H, torch.tanh), ref_ghc(H, torch.tanh, m, n, params_dict(ghc), True), torch.float64,
+                         "after .double()")
         with self.assertRaises(TypeError) as e:
-            ghc(torch.zeros(4, 24, dtype=torch.float64), torch.tanh)
-        self.assertIn("expected dtype float32", str(e.exception))
+            ghc(H.float(), torch.tanh)
+        self.assertIn("H: expected dtype float64 (the parameters'), got float32", str(e.exception))
 
-    def test_carry_feeds_one_depth(self):
-        ghc = vwn_torch.DGHC(2, 3, 16)
-        X, carry = ghc.width(torch.randn(4, 24))
-        ghc.depth(X, carry)
+    def test_carry_feeds_several_depths(self):
+        # One width connection, two depth connections: the gradients of b from both add up in the width backward.
+        m, n, dim, dtype = 2, 3, 8, torch.float64
+        ghc = vwn_torch.DGHC(m, n, dim, dtype=dtype)
+        randomise(ghc, self.gen)
+        ref_p = params_dict(ghc)
+        H = self.rand(5, n * dim // m, dtype=dtype)
+        H1, H2 = H.clone().requires_grad_(True), H.clone().requires_grad_(True)
+        X, carry = ghc.width(H1)
+        loss = ghc.depth(torch.sin(X), carry).square().sum() + ghc.depth(torch.cos(X), carry).sum()
+        loss.backward()
+        lossr = ref_ghc(H2, torch.sin, m, n, ref_p, True).square().sum() + ref_ghc(H2, torch.cos, m, n, ref_p, True).sum()
+        lossr.backward()
+        self.compare_grads(ghc, ref_p, [H1], [H2], dtype, "two depths")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What ordinary PyTorch code does with a module: substituted and parametrised parameters, several backward passes
+# over one graph, double backward, tracing and scripting, copies, autocast, strided inputs
+# ----------------------------------------------------------------------------------------------------------------
+
+class Double(torch.nn.Module):
+    """A parametrisation: the parameter used is twice the stored one."""
+
+    def forward(self, x):
+        return 2 * x
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class SmallModel(torch.nn.Module):
+    """Every module in one small model (picklable: defined at module level)."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        self.embed = vwn_torch.OverWidthEmbedding(2, 3, 17, 8, dtype=dtype)
+        self.ghc = vwn_torch.DGHC(2, 3, 8, dtype=dtype)
+        self.mlp = torch.nn.Linear(8, 8).to(dtype)
+        self.head = vwn_torch.ReduceHead(2, 3, 8, dtype=dtype)
+        self.mix = vwn_torch.MTPMixer(2, 3, 8, dtype=dtype)
+
+    def forward(self, tokens):
+        H = self.embed(tokens)
+        X, carry = self.ghc.width(H)
+        H = self.ghc.depth(torch.tanh(self.mlp(X)), carry)
+        return self.head(self.mix(H, H))
+
+
+class PyTorchUse(Base):
+    def assertUnchanged(self, module, before, what):
+        for k, v in module.state_dict().items():
+            self.assertTrue(torch.equal(v, before[k]), f"{what}: parameter {k} changed")
+
+    def test_functional_call_leaves_the_module_unchanged(self):
+        from torch.nn.utils import stateless
+        m, n, dim, dtype = 2, 3, 8, torch.float64
+        ghc = vwn_torch.DGHC(m, n, dim, dtype=dtype)
+        randomise(ghc, self.gen)
+        before = snapshot(ghc)
+        other = {k: v.detach() + 0.25 * self.rand(*v.shape) for k, v in ghc.named_parameters()}
+        H = self.rand(4, n * dim // m)
+        out = stateless.functional_call(ghc, other, (H, torch.tanh))
+        self.assertClose(out, ref_ghc(H, torch.tanh, m, n, other, True), dtype, "functional_call output")
+        self.assertUnchanged(ghc, before, "functional_call")
+        self.assertClose(ghc(H, torch.tanh), ref_ghc(H, torch.tanh, m, n, before, True), dtype, "own parameters")
+        # The operators themselves only read what they are handed.
+        ps = [p.detach().clone() for p in ghc.parameters()]
+        copies = [p.clone() for p in ps]
+        X, C, b = torch.ops.vwn.ghc_width(H, ps, m, n, True)
+        torch.ops.vwn.ghc_depth(X, C, b, ps, m, n, True).sum()
+        for p, c in zip(ps, copies):
+            self.assertTrue(torch.equal(p, c), "operator wrote a parameter it was handed")
+
+    def test_parametrization_computes_with_the_parametrised_value(self):
+        from torch.nn.utils import parametrize
+        m, n, dim, dtype = 2, 3, 8, torch.float64
+        for make in (lambda: vwn_torch.GHC(m, n, dim, dtype=dtype), lambda: vwn_torch.DGHC(m, n, dim, dtype=dtype)):
+            ghc = make()
+            randomise(ghc, self.gen)
+            stored = ghc.alpha.detach().clone()
+            parametrize.register_parametrization(ghc, "alpha", Double())
+            H = self.rand(4, n * dim // m).requires_grad_(True)
+            for _ in range(3):
+                used = {name: getattr(ghc, name) for name in ghc._vwn_names}  # alpha is 2 * the stored value
+                want = ref_ghc(H, torch.tanh, m, n, used, ghc.dynamic)
+                self.assertClose(ghc(H, torch.tanh), want, dtype, "parametrised alpha")
+            self.assertTrue(torch.equal(ghc.parametrizations.alpha.original.detach(), stored),
+                            "the stored alpha changed")
+            # Training through the parametrisation: the gradient reaches the stored value (times 2).
+            ghc(H, torch.tanh).sum().backward()
+            self.assertIsNotNone(ghc.parametrizations.alpha.original.grad)
+
+    def test_carry_of_another_module_is_refused(self):
+        a, b = vwn_torch.DGHC(2, 3, 8), vwn_torch.DGHC(2, 3, 8)
+        before_a, before_b = snapshot(a), snapshot(b)
+        X, carry = a.width(torch.randn(4, 12))
         with self.assertRaises(ValueError) as e:
-            ghc.depth(X, carry)
-        self.assertIn("already consumed", str(e.exception))
+            b.depth(X, carry)
+        self.assertIn(f"expected the carry of this module's width connection (module #{b._owner}), got the carry "
+                      f"of module #{a._owner}", str(e.exception))
+        self.assertUnchanged(a, before_a, "module a")
+        self.assertUnchanged(b, before_b, "module b")
+        c = vwn_torch.GHC(2, 3, 8)
+        with self.assertRaises(ValueError) as e:
+            c.depth(X, carry)
+        self.assertIn("expected the carry of a width connection of vwn::ghc<2,3>", str(e.exception))
+        with self.assertRaises(ValueError) as e:
+            a.depth(X, vwn_torch.GHCCarry(carry.C, carry.b.clone()))
+        self.assertIn("b: expected the very tensor b returned by a width connection", str(e.exception))
+
+    def grads(self, ghc, H, loss_of):
+        """The gradients of loss_of(...) with respect to H and every parameter, on a fresh graph."""
+        H = H.clone().requires_grad_(True)
+        ghc.zero_grad()
+        loss_of(H).backward()
+        return [H.grad.clone()] + [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                                  for p in ghc.parameters()]
+
+    def test_several_backward_passes_over_one_graph(self):
+        m, n, dim, dtype = 2, 3, 8, torch.float64
+        for dynamic in (False, True):
+            with self.subTest(dynamic=dynamic):
+                ghc = vwn_torch.GHC(m, n, dim, dynamic=dynamic, dtype=dtype)
+                randomise(ghc, self.gen)
+                H0 = self.rand(5, n * dim // m)
+                params = list(ghc.parameters())
+
+                def two_losses(H):
+                    X, carry = ghc.width(H)
+                    out = ghc.depth(torch.sin(X), carry)
+                    return X.square().sum(), out.square().sum()
+
+                want_x = self.grads(ghc, H0, lambda H: two_losses(H)[0])  # X alone: the depth never reached
+                want_out = self.grads(ghc, H0, lambda H: two_losses(H)[1])
+                # One graph, the depth loss first, then the loss through X alone: the second must not see the
+                # first's depth state.
+                H = H0.clone().requires_grad_(True)
+                loss_x, loss_out = two_losses(H)
+                got_out = torch.autograd.grad(loss_out, [H] + params, retain_graph=True, allow_unused=True)
+                got_x = torch.autograd.grad(loss_x, [H] + params, retain_graph=True, allow_unused=True)
+                got_out2 = torch.autograd.grad(loss_out, [H] + params, allow_unused=True)
+                for what, got, want in (("depth loss", got_out, want_out), ("X loss after", got_x, want_x),
+                                        ("depth loss again", got_out2, want_out)):
+                    for i, (g, w) in enumerate(zip(got, want)):
+                        g = torch.zeros_like(w) if g is None else g
+                        self.assertClose(g, w, dtype, f"{what}: gradient {i}")
+
+    def test_double_backward_raises(self):
+        m, n, dim, dtype = 2, 3, 8, torch.float64
+        ghc = vwn_torch.DGHC(m, n, dim, dtype=dtype)
+        randomise(ghc, self.gen)
+        H = self.rand(3, n * dim // m).requires_grad_(True)
+        with self.assertRaises(RuntimeError) as e:
+            torch.autograd.functional.hessian(lambda H: ghc(H, torch.tanh).square().sum(), H)
+        self.assertIn("vwn::dghc<2,3> (D = 8, float64)", str(e.exception))
+        self.assertIn("double backward is not implemented", str(e.exception))
+        with self.assertRaises(RuntimeError) as e:
+            torch.autograd.gradgradcheck(lambda H: ghc(H, torch.tanh), (H,))
+        self.assertIn("double backward is not implemented", str(e.exception))
+        # A gradient penalty through a backbone inside the GHC: refused, not a silently wrong number.
+        W = self.rand(dim, dim).requires_grad_(True)
+        out = ghc(H, lambda X: torch.tanh(X @ W))
+        (gH,) = torch.autograd.grad(out.sum(), H, create_graph=True)
+        with self.assertRaises(RuntimeError) as e:
+            gH.square().sum().backward()
+        self.assertIn("double backward is not implemented", str(e.exception))
+        for make, call in ((lambda: vwn_torch.ReduceHead(4, 8, 16, dtype=dtype), lambda mod, x: mod(x)),
+                           (lambda: vwn_torch.MTPMixer(4, 8, 16, dtype=dtype), lambda mod, x: mod(x, x))):
+            mod = make()
+            x = self.rand(3, 32).requires_grad_(True)
+            (g,) = torch.autograd.grad(call(mod, x).square().sum(), x, create_graph=True)
+            with self.assertRaises(RuntimeError) as e:
+                g.sum().backward()
+            self.assertIn("double backward is not implemented", str(e.exception))
+
+    def small_model(self, dtype=torch.float32):
+        model = SmallModel(dtype)
+        randomise(model, self.gen)
+        return model
+
+    def test_trace_records_the_operators(self):
+        model = self.small_model()
+        tokens = torch.randint(0, 17, (2, 5), generator=self.gen)
+        traced = torch.jit.trace(model, (tokens,), check_trace=False)
+        graph = str(traced.inlined_graph)
+        for op in ("vwn::overwidth_embedding", "vwn::ghc_width", "vwn::ghc_depth", "vwn::reduce_head", "vwn::mtp_mixer"):
+            self.assertIn(op, graph)
+        new = torch.randint(0, 17, (3, 4), generator=self.gen)
+        self.assertTrue(torch.equal(traced(new), model(new)), "traced != eager on a new input")
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "traced.pt")
+            traced.save(path)
+            loaded = torch.jit.load(path)
+        self.assertTrue(torch.equal(loaded(new), model(new)), "saved and loaded trace != eager")
+        # The traced model trains: gradients through the recorded operators equal eager ones.
+        traced(new).square().sum().backward()
+        want = {k: p.grad.clone() for k, p in model.named_parameters()}
+        model.zero_grad()
+        model(new).square().sum().backward()
+        for k, p in model.named_parameters():
+            self.assertClose(p.grad, want[k], torch.float32, f"traced gradient of {k}")
+
+    def test_script_compiles_a_model_that_calls_them(self):
+        model = self.small_model()
+        scripted = torch.jit.script(model)
+        new = torch.randint(0, 17, (3, 4), generator=self.gen)
+        self.assertTrue(torch.equal(scripted(new), model(new)), "scripted != eager")
+
+    def test_onnx_export_refuses(self):
+        model = self.small_model()
+        tokens = torch.randint(0, 17, (2, 5), generator=self.gen)
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertRaises(Exception) as e:
+                torch.onnx.export(model, (tokens,), os.path.join(d, "model.onnx"))
+        self.assertIn("vwn::", str(e.exception))
+
+    def test_deepcopy_pickle_and_averaged_model(self):
+        import copy
+        import io
+        model = self.small_model(torch.float64)
+        tokens = torch.randint(0, 17, (2, 5), generator=self.gen)
+        want = model(tokens)
+        twin = copy.deepcopy(model)
+        self.assertTrue(torch.equal(twin(tokens), want), "deepcopy")
+        self.assertNotEqual(twin.ghc._owner, model.ghc._owner)
+        with torch.no_grad():
+            twin.ghc.alpha.add_(1.0)
+        self.assertTrue(torch.equal(model(tokens), want), "deepcopy shares memory with the original")
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        self.assertTrue(torch.equal(torch.load(buffer)(tokens), want), "torch.save / torch.load of the module")
+        ema = torch.optim.swa_utils.AveragedModel(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):
+            opt.zero_grad()
+            model(tokens).square().sum().backward()
+            opt.step()
+            ema.update_parameters(model)
+        self.assertTrue(torch.isfinite(ema(tokens)).all())
+
+    def test_bf16_autocast(self):
+        m, n, dim = 2, 3, 8
+        ghc = vwn_torch.DGHC(m, n, dim)
+        randomise(ghc, self.gen)
+        mlp = torch.nn.Linear(dim, dim)
+        head = vwn_torch.ReduceHead(m, n, dim)
+        H = torch.randn(4, n * dim // m, generator=self.gen).requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head(ghc(H, lambda X: torch.tanh(mlp(X))))  # the backbone returns bfloat16
+        self.assertEqual(out.dtype, torch.float32)
+        out.sum().backward()
+        # The same computation without autocast: the backbone in bfloat16 by hand, its output cast to float32.
+        H2 = H.detach().clone().requires_grad_(True)
+        W, bias = mlp.weight.bfloat16(), mlp.bias.bfloat16()
+        want = head(ghc(H2, lambda X: torch.tanh(torch.nn.functional.linear(X.bfloat16(), W, bias)).float()))
+        self.assertTrue(torch.equal(out, want), "autocast output")
+        want.sum().backward()
+        self.assertTrue(torch.equal(H.grad, H2.grad), "autocast gradient")
+
+    def test_non_contiguous_inputs_are_copied(self):
+        m, n, dim, dtype = 2, 3, 8, torch.float64
+        ghc = vwn_torch.DGHC(m, n, dim, dtype=dtype)
+        randomise(ghc, self.gen)
+        H = self.rand(n * dim // m, 5).T  # strided
+        self.assertFalse(H.is_contiguous())
+        self.assertTrue(torch.equal(ghc(H, torch.tanh), ghc(H.contiguous(), torch.tanh)))
+        mix = vwn_torch.MTPMixer(m, n, dim, dtype=dtype)
+        A = self.rand(12, 4).T
+        self.assertTrue(torch.equal(mix(A, A), mix(A.contiguous(), A.contiguous())))
+        emb = vwn_torch.OverWidthEmbedding(m, n, 9, dim, dtype=dtype)
+        tok = torch.randint(0, 9, (4, 3), generator=self.gen).T
+        self.assertTrue(torch.equal(emb(tok), emb(tok.contiguous())))
+
+    def test_initial_values_follow_torch_manual_seed(self):
+        torch.manual_seed(5)
+        a = vwn_torch.OverWidthEmbedding(2, 3, 10, 8)
+        b = vwn_torch.OverWidthEmbedding(2, 3, 10, 8)
+        self.assertFalse(torch.equal(a.E, b.E), "two embeddings built in a row are equal")
+        torch.manual_seed(5)
+        c = vwn_torch.OverWidthEmbedding(2, 3, 10, 8)
+        self.assertTrue(torch.equal(a.E, c.E), "the same torch seed gives other values")
+        self.assertTrue(torch.equal(vwn_torch.OverWidthEmbedding(2, 3, 10, 8, seed=3).E,
+                                    vwn_torch.OverWidthEmbedding(2, 3, 10, 8, seed=3).E), "an explicit seed")
+
+    def test_reset_parameters(self):
+        ghc = vwn_torch.DGHC(2, 3, 8)
+        fresh = snapshot(ghc)
+        randomise(ghc, self.gen)
+        ghc.reset_parameters()
+        self.assertUnchanged(ghc, fresh, "GHC reset")
+        for module in (vwn_torch.OverWidthEmbedding(2, 3, 10, 8), vwn_torch.ReduceHead(4, 8, 8),
+                       vwn_torch.MTPMixer(2, 3, 8)):
+            before = snapshot(module)
+            module.reset_parameters()
+            after = snapshot(module)
+            self.assertTrue(any(not torch.equal(before[k], after[k]) for k in before), f"{module} not redrawn")
 
 
 # ----------------------------------------------------------------------------------------------------------------

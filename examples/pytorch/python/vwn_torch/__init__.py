@@ -1,21 +1,26 @@
-"""vwn's width-connection primitives as PyTorch modules (CPU, float32 or float64).
+"""vwn's width-connection primitives as PyTorch operators and modules (CPU, float32 or float64).
 
     import torch, vwn_torch
     ghc = vwn_torch.DGHC(m=2, n=3, dim=512)                # (m, n) chosen at run time from the compiled set
     H_out = ghc(H, backbone)                               # H: [..., D'] with D' = n * dim / m
     X, carry = ghc.width(H); H_out = ghc.depth(f(X), carry)  # the two connections separately
 
-The forward and the hand-written backward are vwn's host back end (C++), not autograd over small PyTorch ops.
-Parameters carry vwn's names and logical shapes (docs/checkpoint.md) and share memory with the C++ primitive:
-an optimiser step updates them in place. Inputs must be contiguous CPU tensors of the module's dtype; anything
-else raises ValueError / TypeError naming what was expected and what was given. See docs/torch.md.
+The forward and the hand-written backward are vwn's host back end (C++), registered as the operators
+torch.ops.vwn.ghc_width, ghc_depth, overwidth_embedding, reduce_head and mtp_mixer (visible to torch.jit.trace and
+TorchScript). The modules' parameters are ordinary tensors under vwn's names and logical shapes
+(docs/checkpoint.md); each call computes with the tensors it is handed and never writes them. See docs/torch.md.
 """
 
+import itertools
+from typing import List, NamedTuple, Optional, Tuple
+
 import torch
+from torch import Tensor
 
-from . import _C
+from . import _C  # loading it registers torch.ops.vwn.*
 
-__all__ = ["GHC", "DGHC", "OverWidthEmbedding", "ReduceHead", "MTPMixer", "compiled_shapes", "read_checkpoint"]
+__all__ = ["GHC", "DGHC", "GHCCarry", "OverWidthEmbedding", "ReduceHead", "MTPMixer", "compiled_shapes",
+           "read_checkpoint"]
 
 
 def compiled_shapes():
@@ -30,55 +35,22 @@ def read_checkpoint(path):
     return _C.read_checkpoint(str(path))
 
 
-class _Primitive(torch.nn.Module):
-    """A module around one vwn primitive: registers its parameters under vwn's names."""
-
-    def __init__(self, core):
-        super().__init__()
-        self._core = core
-        self._names = []
-        self._decay = {}
-        for name, tensor, decay in _C.parameters_of(core):
-            # nn.Parameter shares the tensor's storage: the primitive computes with these very values.
-            self.register_parameter(name, torch.nn.Parameter(tensor))
-            self._names.append(name)
-            self._decay[name] = decay
-
-    def _params(self):
-        return [getattr(self, name) for name in self._names]
-
-    def weight_decay_names(self):
-        """The names of the parameters vwn's trainer applies weight decay to."""
-        return [name for name in self._names if self._decay[name]]
-
-    def load_vwn(self, tensors, prefix):
-        """Copies `tensors[prefix + name]` (e.g. a checkpoint's `model.blocks.0.ghc_attn.`) into each parameter.
-        Every tensor must exist and hold as many values as the parameter; nothing is copied unless all do."""
-        found = []
-        for name in self._names:
-            key = prefix + name
-            param = getattr(self, name)
-            if key not in tensors:
-                raise KeyError(f"{_C_label(self)}: load: expected a tensor '{key}', got none")
-            t = tensors[key]
-            if t.numel() != param.numel():
-                raise ValueError(f"{_C_label(self)}: load: tensor '{key}': expected {param.numel()} values "
-                                 f"(shape {list(param.shape)}), got {t.numel()} (shape {list(t.shape)})")
-            found.append((param, t))
-        with torch.no_grad():
-            for param, t in found:
-                param.copy_(t.reshape(param.shape).to(param.dtype))
-
-    def extra_repr(self):
-        return repr(self._core).removeprefix("<vwn_torch primitive ").removesuffix(">")
-
-    def __deepcopy__(self, memo):
-        raise TypeError(f"{_C_label(self)}: a vwn_torch module cannot be deep-copied (its parameters share memory "
-                        "with a C++ primitive); build a new module and load_state_dict into it")
+class GHCCarry(NamedTuple):
+    """What a GHC width connection hands to its depth connection: the carried state `C` ([..., D']) and each token's
+    depth coefficients `b` ([..., n, m]), which also hold the call's saved state. Give it to the depth connection
+    of the same module, unchanged."""
+    C: Tensor
+    b: Tensor
 
 
-def _C_label(module):
-    return type(module).__name__ + "(" + module.extra_repr() + ")"
+_module_ids = itertools.count(1)
+
+
+def _seed(seed):
+    """`seed`, or one drawn from PyTorch's generator (so that torch.manual_seed decides the initial values)."""
+    if seed is not None:
+        return int(seed)
+    return int(torch.randint(0, 2**62, (1,), dtype=torch.int64).item())
 
 
 def _dtype(dtype):
@@ -87,28 +59,95 @@ def _dtype(dtype):
     return dtype
 
 
+class _Primitive(torch.nn.Module):
+    """A module around one vwn part: registers its parameters under vwn's names."""
+
+    def __init__(self, params):
+        super().__init__()
+        self._vwn_names: List[str] = []
+        self._vwn_decay: List[str] = []
+        for name, tensor, decay in params:
+            self.register_parameter(name, torch.nn.Parameter(tensor))
+            self._vwn_names.append(name)
+            if decay:
+                self._vwn_decay.append(name)
+        self._owner: int = next(_module_ids)
+
+    def __setstate__(self, state):
+        # A copy (copy.deepcopy, pickle) is a module of its own: its GHC carries are not the original's.
+        super().__setstate__(state)
+        self._owner = next(_module_ids)
+
+    def weight_decay_names(self):
+        """The names of the parameters vwn's trainer applies weight decay to."""
+        return list(self._vwn_decay)
+
+    def _assign(self, params):
+        with torch.no_grad():
+            for name, tensor, _ in params:
+                getattr(self, name).copy_(tensor)
+
+    def load_vwn(self, tensors, prefix):
+        """Copies `tensors[prefix + name]` (e.g. a checkpoint's `model.blocks.0.ghc_attn.`) into each parameter.
+        Every tensor must exist and hold as many values as the parameter; nothing is copied unless all do."""
+        found = []
+        for name in self._vwn_names:
+            key = prefix + name
+            param = getattr(self, name)
+            if key not in tensors:
+                raise KeyError(f"{self._label()}: load: expected a tensor '{key}', got none")
+            t = tensors[key]
+            if t.numel() != param.numel():
+                raise ValueError(f"{self._label()}: load: tensor '{key}': expected {param.numel()} values "
+                                 f"(shape {list(param.shape)}), got {t.numel()} (shape {list(t.shape)})")
+            found.append((param, t))
+        with torch.no_grad():
+            for param, t in found:
+                param.copy_(t.reshape(param.shape).to(param.dtype))
+
+    def _label(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
 class GHC(_Primitive):
     """A static GHC sub-layer (`dynamic=False`) or a dynamic one (DGHC) of shape (m, n) for backbone width `dim`.
 
     `forward(H, backbone)` returns `H_out = b backbone(X) + C` for the over-width state `H` ([..., D'],
     D' = n * dim / m); `width(H)` returns `(X, carry)` and `depth(Z, carry)` the output, for a backbone that is not
-    a single callable. Parameters: `alpha`, `beta` and, dynamic, `W_alpha`, `W_beta`, `S_alpha`, `S_beta`, `g`."""
+    a single callable (and for TorchScript). Parameters: `alpha`, `beta` and, dynamic, `W_alpha`, `W_beta`,
+    `S_alpha`, `S_beta`, `g`, initialised as in the paper (eq. 15, 16)."""
 
     def __init__(self, m, n, dim, dynamic=False, dtype=torch.float32):
-        super().__init__(_C.make_ghc(int(m), int(n), int(dim), bool(dynamic), _dtype(dtype)))
-        self.m, self.n, self.dim, self.dynamic, self.dtype = int(m), int(n), int(dim), bool(dynamic), dtype
+        super().__init__(_C.ghc_parameters(int(m), int(n), int(dim), bool(dynamic), _dtype(dtype)))
+        self.m, self.n, self.dim, self.dynamic = int(m), int(n), int(dim), bool(dynamic)
 
-    def width(self, H):
+    def _params(self) -> List[Tensor]:
+        if hasattr(self, "W_alpha"):
+            return [self.alpha, self.beta, self.W_alpha, self.W_beta, self.S_alpha, self.S_beta, self.g]
+        return [self.alpha, self.beta]
+
+    def width(self, H: Tensor) -> Tuple[Tensor, GHCCarry]:
         """The width connection: `(X, carry)`, `X` of [..., dim]; `carry.C` is the carried state."""
-        return _C.ghc_width(self._core, H, self._params())
+        X, C, b = torch.ops.vwn.ghc_width(H, self._params(), self.m, self.n, self.dynamic, self._owner)
+        return X, GHCCarry(C, b)
 
-    def depth(self, Z, carry):
-        """The depth connection `H_out = b Z + C` for the backbone output `Z` ([..., dim]) of one width call."""
-        return _C.ghc_depth(Z, carry, self._params())
+    def depth(self, Z: Tensor, carry: GHCCarry) -> Tensor:
+        """The depth connection `H_out = b Z + C` for the backbone output `Z` ([..., dim]) of this module's width
+        connection (another module's carry is refused)."""
+        return torch.ops.vwn.ghc_depth(Z, carry.C, carry.b, self._params(), self.m, self.n, self.dynamic,
+                                       self._owner)
 
+    @torch.jit.unused
     def forward(self, H, backbone):
         X, carry = self.width(H)
         return self.depth(backbone(X), carry)
+
+    def reset_parameters(self):
+        """Back to the initial values (eq. 15, 16)."""
+        self._assign(_C.ghc_parameters(self.m, self.n, self.dim, self.dynamic, self.alpha.dtype))
+
+    def extra_repr(self):
+        return f"m={self.m}, n={self.n}, dim={self.dim}, dynamic={self.dynamic}"
 
 
 class DGHC(GHC):
@@ -120,34 +159,76 @@ class DGHC(GHC):
 
 class OverWidthEmbedding(_Primitive):
     """The over-width embedding: integer tokens [...] -> H0 [..., D']. Direct (`E`, V x D') or low-rank
-    (`lowrank=True`: `E_base` V x D, `W_expand` D' x D), drawn with `seed` as vwn draws it."""
+    (`lowrank=True`: `E_base` V x D, `W_expand` D' x D), drawn as vwn draws it with `seed` (default: a seed from
+    PyTorch's generator)."""
 
-    def __init__(self, m, n, vocab, dim, lowrank=False, seed=1, dtype=torch.float32):
-        super().__init__(_C.make_embedding(int(m), int(n), int(vocab), int(dim), bool(lowrank), int(seed), _dtype(dtype)))
-        self.m, self.n, self.vocab, self.dim, self.lowrank, self.dtype = int(m), int(n), int(vocab), int(dim), bool(lowrank), dtype
+    def __init__(self, m, n, vocab, dim, lowrank=False, seed: Optional[int] = None, dtype=torch.float32):
+        self_seed = _seed(seed)
+        super().__init__(_C.embedding_parameters(int(m), int(n), int(vocab), int(dim), bool(lowrank), self_seed,
+                                                 _dtype(dtype)))
+        self.m, self.n, self.vocab, self.dim, self.lowrank = int(m), int(n), int(vocab), int(dim), bool(lowrank)
 
-    def forward(self, tokens):
-        return _C.embedding_forward(self._core, tokens, self._params())
+    def _params(self) -> List[Tensor]:
+        if hasattr(self, "E_base"):
+            return [self.E_base, self.W_expand]
+        return [self.E]
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return torch.ops.vwn.overwidth_embedding(tokens, self._params(), self.m, self.n, self.lowrank)
+
+    def reset_parameters(self):
+        """New values drawn with a seed from PyTorch's generator."""
+        self._assign(_C.embedding_parameters(self.m, self.n, self.vocab, self.dim, self.lowrank, _seed(None),
+                                             self._params()[0].dtype))
+
+    def extra_repr(self):
+        return f"m={self.m}, n={self.n}, vocab={self.vocab}, dim={self.dim}, lowrank={self.lowrank}"
 
 
 class ReduceHead(_Primitive):
     """The reduce head `h = W_reduce GroupNorm(H)`: [..., D'] -> [..., dim]. No GroupNorm where n/m is not an
     integer; the identity (no parameters) where n == m."""
 
-    def __init__(self, m, n, dim, seed=2, dtype=torch.float32):
-        super().__init__(_C.make_reduce_head(int(m), int(n), int(dim), int(seed), _dtype(dtype)))
-        self.m, self.n, self.dim, self.dtype = int(m), int(n), int(dim), dtype
+    def __init__(self, m, n, dim, seed: Optional[int] = None, dtype=torch.float32):
+        super().__init__(_C.reduce_head_parameters(int(m), int(n), int(dim), _seed(seed), _dtype(dtype)))
+        self.m, self.n, self.dim = int(m), int(n), int(dim)
 
-    def forward(self, H):
-        return _C.reduce_head_forward(self._core, H, self._params())
+    def _params(self) -> List[Tensor]:
+        if hasattr(self, "gn_weight"):
+            return [self.gn_weight, self.gn_bias, self.W_reduce]
+        if hasattr(self, "W_reduce"):
+            return [self.W_reduce]
+        return torch.jit.annotate(List[Tensor], [])
+
+    def forward(self, H: Tensor) -> Tensor:
+        return torch.ops.vwn.reduce_head(H, self._params(), self.m, self.n)
+
+    def reset_parameters(self):
+        """New values drawn with a seed from PyTorch's generator."""
+        params = self._params()
+        if params:
+            self._assign(_C.reduce_head_parameters(self.m, self.n, self.dim, _seed(None), params[0].dtype))
+
+    def extra_repr(self):
+        return f"m={self.m}, n={self.n}, dim={self.dim}"
 
 
 class MTPMixer(_Primitive):
     """The block-level MTP mixer `U[j] = W_mix [A[j]; B[j]]` for every slot j: A, B [..., D'] -> U [..., D']."""
 
-    def __init__(self, m, n, dim, seed=3, dtype=torch.float32):
-        super().__init__(_C.make_mtp_mixer(int(m), int(n), int(dim), int(seed), _dtype(dtype)))
-        self.m, self.n, self.dim, self.dtype = int(m), int(n), int(dim), dtype
+    def __init__(self, m, n, dim, seed: Optional[int] = None, dtype=torch.float32):
+        super().__init__(_C.mtp_mixer_parameters(int(m), int(n), int(dim), _seed(seed), _dtype(dtype)))
+        self.m, self.n, self.dim = int(m), int(n), int(dim)
 
-    def forward(self, A, B):
-        return _C.mtp_mixer_forward(self._core, A, B, self._params())
+    def _params(self) -> List[Tensor]:
+        return [self.W_mix]
+
+    def forward(self, A: Tensor, B: Tensor) -> Tensor:
+        return torch.ops.vwn.mtp_mixer(A, B, self._params(), self.m, self.n)
+
+    def reset_parameters(self):
+        """New values drawn with a seed from PyTorch's generator."""
+        self._assign(_C.mtp_mixer_parameters(self.m, self.n, self.dim, _seed(None), self.W_mix.dtype))
+
+    def extra_repr(self):
+        return f"m={self.m}, n={self.n}, dim={self.dim}"

@@ -2,7 +2,7 @@
 # `pip install` of vwn_torch (examples/pytorch/setup.py) as a user does it, offline: a fresh venv that sees the
 # system's PyTorch (--system-site-packages), pip with --no-build-isolation --no-index, then `import vwn_torch` and one
 # AdamW step of a small over-width model, from outside the source tree. The sources are copied first, so that the
-# build leaves nothing in the checkout. One shape (2,3) at -O1 keeps the compile short.
+# build leaves nothing in the checkout. One shape (2,3) at -O0 keeps the compile short.
 #   tests/pytorch/pip_install.sh <source root> <python with torch>
 set -euo pipefail
 root="$1"
@@ -16,7 +16,7 @@ rm -rf "$work/src/examples/pytorch/build" "$work/src/examples/pytorch/"*.egg-inf
 
 "$python" -m venv --system-site-packages "$work/venv"
 SECONDS=0
-VWN_SHAPES="2_3" VWN_OPT="-O1" MAX_JOBS="$(nproc)" \
+VWN_SHAPES="2_3" VWN_OPT="-O0" MAX_JOBS="$(nproc)" \
   "$work/venv/bin/pip" install --no-build-isolation --no-index "$work/src/examples/pytorch" > "$work/pip.log" 2>&1 || {
   tail -n 60 "$work/pip.log"
   echo "pip_install.sh: pip install failed" >&2

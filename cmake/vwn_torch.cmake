@@ -11,7 +11,12 @@ if(VWN_TORCH AND NOT VWN_SANITIZE)
     set(VWN_TORCH_FOUND ON)
     # TORCH_CXX_FLAGS: the C++ ABI LibTorch was built with (-D_GLIBCXX_USE_CXX11_ABI=...).
     separate_arguments(VWN_TORCH_CXX_FLAGS UNIX_COMMAND "${TORCH_CXX_FLAGS}")
-    # The interpreter: Debian's first (python3-torch installs into it), then python3 on PATH.
+    # The interpreter (-DVWN_PYTHON=... chooses it): an active virtual environment's first (a venv made with
+    # --system-site-packages sees Debian's torch), then Debian's (python3-torch installs into it), then python3 on
+    # PATH. It must import torch.
+    if(DEFINED ENV{VIRTUAL_ENV})
+      find_program(VWN_PYTHON NAMES python3 PATHS "$ENV{VIRTUAL_ENV}/bin" NO_DEFAULT_PATH)
+    endif()
     find_program(VWN_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
     if(NOT VWN_PYTHON)
       find_program(VWN_PYTHON NAMES python3)

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include <train/checkpoint.hpp>
+#include <train/output.hpp>
 #include <train/values.hpp>
 
 namespace vwn::train {
@@ -211,7 +212,7 @@ void define_train(parser& p, command_line& out) {
       ->group(run_group);
   add_value(p, "--out", "DIR", "output folder [" + d.out.string() + "]",
             [&r](const std::string& v) {
-              if (v.empty()) throw std::invalid_argument("--out: expected a folder, got ''");
+              expect_output_name(v);
               r.out = v;
             })
       ->group(run_group);

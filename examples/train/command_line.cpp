@@ -271,7 +271,8 @@ void define_sample(parser& p, sample_command_line& out, bool& checkpoint_given) 
   add_value(p, "--temperature", "T",
             "softmax temperature, 0 for the most likely byte [" + detail::format_double(d.sampling.temperature) + "]",
             [&o](const std::string& v) {
-              o.temperature = detail::parse_double("--temperature", v, [](double t) { return t >= 0; }, "a number >= 0");
+              o.temperature =
+                  detail::parse_double("--temperature", v, [](double t) { return t >= 0 && t <= 100; }, "a number in [0, 100]");
             })
       ->group(group);
   add_value(p, "--top-k", "K", "sample among the K most likely bytes, 0 for all [" + std::to_string(d.sampling.top_k) + "]",

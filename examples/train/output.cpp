@@ -164,6 +164,10 @@ std::vector<std::string> output_folder::history(const trainer& t, const fs::path
   const fs::path log = folder / "log.csv";
   const index_t step = t.steps_done();
   const std::optional<log_digest>& expected = t.resumed_log();
+  const fs::file_status st = fs::status(log, ec);
+  if (present(log) && st.type() != fs::file_type::not_found && st.type() != fs::file_type::regular)
+    throw std::runtime_error("--resume " + resume.string() + ": the log " + log.string() + " is " + kind(st.type()) +
+                             ", expected a regular file (it is not opened)");
   std::vector<std::string> lines = csv_log::history_lines(log, step);
   if (!expected) return lines;  // a checkpoint of an older version: its log as it is
   if (csv_log::digest_of(lines) == *expected) return lines;
@@ -189,16 +193,17 @@ void output_folder::save(const trainer& t, csv_log& log) {
   log.sync();
   fault_point();
   t.save(checkpoint_path(), log.digest(), [] { fault_point(); });  // the temporary file is complete, not renamed
-  fault_point();  // the checkpoint is in place (and the folder synced)
+  fault_point();  // the checkpoint is in place (and the folder synced): from here on, the run is this one
   if (log.committed()) return;
+  std::error_code ec;
+  if (!same_run_) {  // the plot of the run this one replaced, and its gnuplot script
+    fs::remove(plot_path(), ec);
+    fault_point();
+    fs::remove(fs::path(plot_path()).replace_extension(".gp"), ec);
+    fault_point();
+  }
   log.commit();
   sync_folder(out_);
-  fault_point();  // the log is in place
-  if (same_run_) return;
-  std::error_code ec;
-  fs::remove(plot_path(), ec);  // the plot of the run this one replaced, and its gnuplot script
-  fault_point();
-  fs::remove(fs::path(plot_path()).replace_extension(".gp"), ec);
 }
 
 }  // namespace vwn::train

@@ -69,14 +69,15 @@ class output_folder {
   /// checkpoint's run, which lives in this folder for the same run and otherwise next to the checkpoint's real
   /// path (links resolved). Where the checkpoint records its log's digest, the rows must match it: `log.csv` or,
   /// when a save was cut short there, `log.csv.partial`. A missing log gives no rows and a notice; a log that holds
-  /// other rows (another run's, or edited) is refused with std::runtime_error. Checkpoints of older versions take
+  /// other rows (another run's, or edited), or is not a regular file (never opened), is refused with
+  /// std::runtime_error. Checkpoints of older versions take
   /// the rows of `log.csv` as they are.
   std::vector<std::string> history(const trainer& t, const std::filesystem::path& resume);
 
   /// Saves the run: syncs the log's rows to disk, writes the checkpoint with their digest (temporary file,
-  /// sync, rename, folder sync) and, at the run's first save, renames the log's partial file over `log.csv` and,
-  /// unless the run continues this folder's own run, removes the plot of the run it replaced. Calls
-  /// `fault_point` between the steps. Throws non_finite_error (nothing written) for a diverged state, and
+  /// sync, rename, folder sync) and, at the run's first save, removes the plot of the run it replaced (unless it
+  /// continues this folder's own run) and renames the log's partial file over `log.csv`. Calls `fault_point`
+  /// between the steps: 6 times at the first save of a run that replaces or starts a folder, 4 times otherwise. Throws non_finite_error (nothing written) for a diverged state, and
   /// std::runtime_error when a write fails.
   void save(const trainer& t, csv_log& log);
 

@@ -142,6 +142,8 @@ int run(int argc, char** argv) {
                                " is missing: run scripts/get-brown.sh to fetch the Brown corpus, or pass --data PATH");
     throw std::runtime_error("--data: expected an existing file or folder, got '" + opt.data.string() + "'");
   }
+  // The corpus is sized from the file system and checked against the memory with the run before it is read.
+  train::expect_memory_fits(s, train::available_memory(), double(vwn::data::text_corpus::bytes_at(opt.data)));
   const vwn::data::text_corpus corpus = vwn::data::text_corpus::load(opt.data, s.model.context, s.val_fraction);
 
   // The folder is locked, checked and cleared of what a killed run left before anything else looks at it.
@@ -157,10 +159,10 @@ int run(int argc, char** argv) {
             << train::describe(s) << "data     " << corpus.source() << ": " << corpus.size() << " bytes (train "
             << corpus.train().size() << ", validation " << corpus.validation().size() << ")\n"
             << "output   " << opt.out.string() << "/ (log.csv, checkpoint.safetensors, loss.png)\n";
-  const train::memory_need need = train::estimate_memory(s);
+  const train::memory_need need = train::estimate_memory(s, double(corpus.size()));
   const std::optional<double> available = train::available_memory();
   std::cout << "memory   about " << train::byte_text(need.total()) << " (parameters and optimiser state "
-            << train::byte_text(need.parameters) << ", activations " << train::byte_text(need.activations) << ")"
+            << train::byte_text(need.parameters) << ", activations " << train::byte_text(need.activations) << ", corpus " << train::byte_text(need.corpus) << ")"
             << (available ? ", " + train::byte_text(*available) + " available" : std::string()) << "\n";
   if (opt.resume)
     std::cout << "resume   " << opt.resume->string() << " at step " << t.steps_done() << " of " << s.steps << "\n";
@@ -245,6 +247,7 @@ int run(int argc, char** argv) {
     std::cout << "loss plot: " << png.string() << "\n";
   else
     std::cout << "loss plot skipped: " << plot_problem << "\n";
+  std::cout << std::flush;  // before the sampling, which may take a while
   if (stop_requested) return interrupted();
 
   if (opt.sample_bytes > 0) {

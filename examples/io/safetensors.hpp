@@ -24,6 +24,9 @@
 #include <Eigen/Core>
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -35,6 +38,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <optional>
@@ -496,6 +500,17 @@ inline std::string_view file_kind(std::filesystem::file_type type) {
   }
 }
 
+/// Opens `path` with `flags` and syncs it to disk (fsync); false with errno set when either fails.
+inline bool sync_path(const std::filesystem::path& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = ::fsync(fd) == 0;
+  const int err = errno;
+  ::close(fd);
+  errno = err;
+  return ok;
+}
+
 /// Throws open_error unless `path` is an existing regular file (after following symbolic links).
 inline void expect_regular_file(const std::filesystem::path& path, const std::string& where) {
   std::error_code ec;
@@ -788,11 +803,14 @@ class file {
         row_major.data());
   }
 
-  /// Writes the file atomically: the bytes go to a temporary file next to the target, which then replaces
-  /// the target by rename; on any failure the target is left as it was and std::runtime_error is thrown.
-  /// The header is padded with spaces to a multiple of 8 bytes; tensors are laid out in name order. A tensor name
-  /// or metadata string that is not valid UTF-8 (which read() would reject) is refused before anything is written.
-  void write(const std::filesystem::path& path) const {
+  /// Writes the file atomically and durably: the bytes go to a temporary file next to the target
+  /// (`PATH.tmp.<16 hex digits>`), which is synced to disk and then replaces the target by rename, and the folder is
+  /// synced after the rename; on any failure the target is left as it was, the temporary file is removed and
+  /// std::runtime_error is thrown. `before_rename`, when given, is called between the sync and the rename (a test
+  /// stops the process there). The header is padded with spaces to a multiple of 8 bytes; tensors are laid out in
+  /// name order. A tensor name or metadata string that is not valid UTF-8 (which read() would reject) is refused
+  /// before anything is written.
+  void write(const std::filesystem::path& path, const std::function<void()>& before_rename = {}) const {
     const std::string where = detail::file_prefix(path);
 
     std::string header = "{";
@@ -882,6 +900,11 @@ class file {
         throw std::runtime_error(where + "closing the temporary file " + detail::quote_name(temp.string()) + " failed");
       }
     }
+    if (!detail::sync_path(temp, O_RDONLY)) {
+      throw std::runtime_error(where + "cannot write the temporary file " + detail::quote_name(temp.string()) +
+                               " to disk: " + std::strerror(errno));
+    }
+    if (before_rename) before_rename();
 
     std::error_code ec;
     std::filesystem::rename(temp, path, ec);
@@ -890,6 +913,9 @@ class file {
                                detail::quote_name(temp.string()) + ": " + ec.message());
     }
     guard.active = false;
+    // The rename itself reaches the disk with the folder (best effort: not every file system syncs a folder).
+    const std::filesystem::path folder = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+    (void)detail::sync_path(folder, O_RDONLY | O_DIRECTORY);
   }
 
  private:

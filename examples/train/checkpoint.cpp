@@ -14,29 +14,7 @@ namespace vwn::train {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-/// FNV-1a, 64 bits.
-struct fnv1a {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  void add(const void* p, std::size_t n) {
-    const auto* b = static_cast<const unsigned char*>(p);
-    for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
-  }
-  void add(std::string_view s) {
-    add(s.data(), s.size());
-    const unsigned char zero = 0;
-    add(&zero, 1);
-  }
-  std::string hex() const {
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string out(16, '0');
-    for (int i = 0; i < 16; ++i) out[std::size_t(15 - i)] = digits[(h >> (4 * i)) & 15];
-    return out;
-  }
-};
-
-}  // namespace
+using detail::fnv1a;
 
 namespace detail {
 
@@ -179,17 +157,27 @@ checkpoint read_checkpoint(const fs::path& path) {
                             ? detail::parse_double("elapsed_seconds", md.at("elapsed_seconds"), [](double) { return true; }, "a number")
                             : 0.0;
     c.model_name = md.count("model") ? md.at("model") : "";
+    if (md.count("log_rows") || md.count("log_fnv1a64")) {
+      log_digest d;
+      d.rows = detail::parse_u64("log_rows", get("log_rows"));
+      d.fnv1a64 = get("log_fnv1a64");
+      c.log = d;
+    }
     validate(c.config);
     if (c.step > c.config.steps)
       throw std::invalid_argument("step " + std::to_string(c.step) + " is beyond config.steps " +
                                   std::to_string(c.config.steps) + ": expected a step between 0 and the run's length");
+    if (c.optimizer_step != std::int64_t(c.step) || c.sampler.batch_index != std::uint64_t(c.step))
+      throw std::invalid_argument("inconsistent counters: step " + std::to_string(c.step) + ", optimizer_step " +
+                                  std::to_string(c.optimizer_step) + ", sampler_batch_index " +
+                                  std::to_string(c.sampler.batch_index) + " (expected all equal)");
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(where + "bad metadata: " + e.what());
   }
   return c;
 }
 
-void write_checkpoint(const fs::path& path, checkpoint c) {
+void write_checkpoint(const fs::path& path, checkpoint c, const std::function<void()>& before_rename) {
   auto& md = c.file.metadata;
   md.clear();
   md["format"] = std::string(checkpoint_format);
@@ -206,8 +194,12 @@ void write_checkpoint(const fs::path& path, checkpoint c) {
   md["data_fnv1a64"] = c.data_fingerprint;
   md["data_source"] = c.data_source;
   md["elapsed_seconds"] = detail::format_double(c.elapsed_seconds);
+  if (c.log) {
+    md["log_rows"] = std::to_string(c.log->rows);
+    md["log_fnv1a64"] = c.log->fnv1a64;
+  }
   md["checksum"] = detail::checkpoint_checksum(c.file);
-  c.file.write(path);
+  c.file.write(path, before_rename);
 }
 
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c) {
@@ -234,13 +226,15 @@ void expect_output_folder(const fs::path& out, const std::optional<fs::path>& re
   }
   if (!has_checkpoint && !has_log) return;  // a new folder for the continued run
   if (has_checkpoint && fs::equivalent(checkpoint_path, *resume, ec)) return;  // the run's own folder
+  const fs::path real = fs::weakly_canonical(*resume, ec);  // the folder of the file, through any link
+  const std::string run_folder = (ec ? resume->parent_path() : real.parent_path()).string();
   throw std::runtime_error("--out " + out.string() + " holds another run (" +
                            (has_checkpoint ? checkpoint_path.string() + " is not the checkpoint being resumed, " +
                                                  resume->string()
                                            : log_path.string() + " without its checkpoint") +
                            "): continuing there would replace that run's checkpoint and mix two runs in its log. "
                            "Resume into the run's own folder (--out " +
-                           (resume->parent_path().empty() ? std::string(".") : resume->parent_path().string()) +
+                           run_folder +
                            "), an empty folder, or pass --overwrite to replace the run in " + out.string());
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include <io/safetensors.hpp>
+#include <train/log.hpp>
 #include <train/settings.hpp>
 #include <transformer/data.hpp>
 #include <transformer/model.hpp>
@@ -37,6 +39,7 @@ struct checkpoint {
   std::string data_source;            ///< corpus path at training time (informative)
   double elapsed_seconds = 0;         ///< training time so far (informative)
   std::string model_name;             ///< e.g. "vwn::model::transformer<2,3,dynamic>"
+  std::optional<log_digest> log;      ///< the run's log rows up to `step` (absent in files of older versions)
   safetensors::file file;             ///< the tensors (`model.<name>`, `optim.<name>`) and the raw metadata
 };
 
@@ -44,14 +47,18 @@ struct checkpoint {
 std::string corpus_fingerprint(const data::text_corpus& corpus);
 
 /// Reads and verifies a checkpoint: a valid safetensors file with `format`, `format_version` and a
-/// matching checksum, and every metadata key present and well formed. Throws std::runtime_error ("cannot use
-/// checkpoint 'PATH': ...") for a missing, truncated, corrupted or foreign file. Never writes anything.
+/// matching checksum, and every metadata key present and well formed, its settings valid, its step within the
+/// run and its counters (`optimizer_step`, `sampler_batch_index`) equal to its step. Throws std::runtime_error
+/// ("cannot use checkpoint 'PATH': ...") for a missing, truncated, corrupted or foreign file. Never writes
+/// anything. `vwn-train --resume` and `vwn-sample` both go through it (and through `detail::load_tensors`), so they
+/// accept exactly the same files.
 checkpoint read_checkpoint(const std::filesystem::path& path);
 
-/// Writes `c` to `path` atomically (a temporary file next to `path`, then a rename; the folder must exist):
+/// Writes `c` to `path` atomically (a temporary file next to `path`, synced, then a rename; the folder must exist):
 /// `c.file`'s tensors, and as metadata `c`'s fields with the format, its version, the library version and
-/// the checksum (any metadata already in `c.file` is replaced). `c.path` is not used.
-void write_checkpoint(const std::filesystem::path& path, checkpoint c);
+/// the checksum (any metadata already in `c.file` is replaced). `c.path` is not used. `before_rename` as in
+/// `safetensors::file::write`.
+void write_checkpoint(const std::filesystem::path& path, checkpoint c, const std::function<void()>& before_rename = {});
 
 /// Rebuilds the model of a verified checkpoint with its parameters (for sampling).
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c);

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include <train/checkpoint.hpp>
+#include <train/output.hpp>
 #include <train/values.hpp>
 
 namespace vwn::train {
@@ -211,7 +212,7 @@ void define_train(parser& p, command_line& out) {
       ->group(run_group);
   add_value(p, "--out", "DIR", "output folder [" + d.out.string() + "]",
             [&r](const std::string& v) {
-              if (v.empty()) throw std::invalid_argument("--out: expected a folder, got ''");
+              expect_output_name(v);
               r.out = v;
             })
       ->group(run_group);
@@ -270,7 +271,8 @@ void define_sample(parser& p, sample_command_line& out, bool& checkpoint_given) 
   add_value(p, "--temperature", "T",
             "softmax temperature, 0 for the most likely byte [" + detail::format_double(d.sampling.temperature) + "]",
             [&o](const std::string& v) {
-              o.temperature = detail::parse_double("--temperature", v, [](double t) { return t >= 0; }, "a number >= 0");
+              o.temperature =
+                  detail::parse_double("--temperature", v, [](double t) { return t >= 0 && t <= 100; }, "a number in [0, 100]");
             })
       ->group(group);
   add_value(p, "--top-k", "K", "sample among the K most likely bytes, 0 for all [" + std::to_string(d.sampling.top_k) + "]",

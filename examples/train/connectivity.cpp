@@ -118,6 +118,8 @@ void write_connectivity_csv(const fs::path& path, const connectivity_map& map) {
 
 bool plot_connectivity(const fs::path& png, const connectivity_map& map, const std::string& title) {
   if (!have_gnuplot()) return false;
+  for (const char c : png.filename().string() + title)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;  // no gnuplot string can hold it
   fs::path script = png;
   script.replace_extension(".gp");
   std::ofstream o(script, std::ios::trunc);
@@ -135,7 +137,7 @@ bool plot_connectivity(const fs::path& png, const connectivity_map& map, const s
     for (index_t s = 0; s <= l; ++s) o << s << " " << l << " " << map.strength(l, s) << "\n";
   o << "EOD\n";
   o << gnuplot_png_terminal(900, 800);
-  o << "set output " << gnuplot_quote(png.string()) << "\n";
+  o << "set output " << gnuplot_quote(png.filename().string()) << "\n";  // gnuplot runs in the plot's folder
   o << "set title " << gnuplot_quote(title) << " noenhanced\n";
   o << "set xlabel \"source: the embedding, then the output of sub-layer t\"\nset ylabel \"input of sub-layer l\"\n";
   o << "set xrange [-0.5:" << K - 0.5 << "]\nset yrange [" << K - 0.5 << ":-0.5]\n";

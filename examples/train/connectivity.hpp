@@ -54,7 +54,7 @@ connectivity_map model_connectivity(model::transformer<float>& model, const std:
 void write_connectivity_csv(const std::filesystem::path& path, const connectivity_map& map);
 
 /// Draws the map as a heatmap PNG with gnuplot (`title` on top). Returns false, writing nothing, where gnuplot is
-/// missing or fails.
+/// missing or fails, or where the file name or the title holds a control character.
 bool plot_connectivity(const std::filesystem::path& png, const connectivity_map& map, const std::string& title);
 
 }  // namespace vwn::train

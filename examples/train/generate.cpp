@@ -16,7 +16,7 @@ std::string generate(model::transformer<float>& m, std::string_view prompt, cons
   for (unsigned char c : (prompt.empty() ? std::string_view("\n") : prompt)) ctx.push_back(c);
   rng r(o.seed);
   std::string out;
-  for (index_t i = 0; i < o.tokens; ++i) {
+  for (index_t i = 0; i < o.tokens && !(o.stop && *o.stop); ++i) {
     const std::vector<float> logits = m.next_logits(ctx);
     const index_t V = index_t(logits.size());
     std::vector<index_t> order(static_cast<std::size_t>(V));

@@ -1,7 +1,13 @@
 #include <train/log.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
@@ -10,28 +16,68 @@ namespace vwn::train {
 
 namespace fs = std::filesystem;
 
-csv_log::csv_log(const fs::path& path, const std::optional<log_history>& history)
-    : path_(path), partial_(path.string() + ".partial") {
-  std::vector<std::string> keep;
-  if (history) {
-    std::ifstream in(history->path);
-    std::string line;
-    bool first = true;
-    while (std::getline(in, line)) {
-      if (first) {
-        first = false;
-        if (line == header) continue;
+namespace {
+
+/// Longest line a log holds (a row is under 200 bytes): longer ones are malformed and skipped unread.
+constexpr std::size_t max_line = 4096;
+
+/// Calls `f(line, complete)` for each line of the file at `path` (`complete`: it ended with a newline) when it is a
+/// regular file, after following links. The file is opened without blocking and checked on the open descriptor,
+/// so a FIFO, a device or a folder is never read; a line over `max_line` bytes is skipped without being kept.
+template <class F>
+void for_each_line(const fs::path& path, F&& f) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return;
+  }
+  std::string line;
+  bool too_long = false;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t got = ::read(fd, buf, sizeof buf);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    for (ssize_t i = 0; i < got; ++i) {
+      const char c = buf[i];
+      if (c == '\n') {
+        if (!too_long) f(line, true);
+        line.clear();
+        too_long = false;
+      } else if (!too_long) {
+        if (line.size() == max_line) {
+          too_long = true;
+          line.clear();
+        } else {
+          line.push_back(c);
+        }
       }
-      if (in.eof()) break;  // last line without its newline: incomplete
-      log_row r;
-      if (parse(line, r) && r.step <= history->step) keep.push_back(line);
     }
   }
+  ::close(fd);
+  if (!too_long && !line.empty()) f(line, false);
+}
+
+}  // namespace
+
+csv_log::csv_log(const fs::path& path, const std::optional<log_history>& history)
+    : csv_log(path, history ? history_lines(history->path, history->step) : std::vector<std::string>{}) {}
+
+csv_log::csv_log(const fs::path& path, const std::vector<std::string>& history)
+    : path_(path), partial_(path.string() + ".partial") {
+  std::error_code ec;
+  fs::remove(partial_, ec);  // what a killed run left (a link or a FIFO included: never opened)
   out_.open(partial_, std::ios::trunc);
   out_ << header << '\n';
-  for (const auto& l : keep) out_ << l << '\n';
+  for (const auto& l : history) write_line(l);
   out_.flush();
-  if (!out_) throw std::runtime_error("cannot write the log '" + partial_.string() + "'");
+  if (!out_) {
+    out_.close();
+    fs::remove(partial_, ec);  // e.g. a full disk: nothing of this run is left behind
+    throw std::runtime_error("cannot write the log '" + partial_.string() + "'");
+  }
 }
 
 csv_log::~csv_log() {
@@ -39,6 +85,14 @@ csv_log::~csv_log() {
   out_.close();
   std::error_code ec;
   fs::remove(partial_, ec);  // nothing to report from a destructor: the file only held this run's rows
+}
+
+void csv_log::write_line(const std::string& line) {
+  out_ << line << '\n';
+  hash_.add(line.data(), line.size());
+  hash_.add("\n", 1);
+  ++digest_.rows;
+  digest_.fnv1a64 = hash_.hex();
 }
 
 void csv_log::commit() {
@@ -53,9 +107,40 @@ void csv_log::commit() {
 fs::path csv_log::current_path() const { return committed_ ? path_ : partial_; }
 
 void csv_log::append(const log_row& r) {
-  out_ << format(r) << '\n';
+  write_line(format(r));
   out_.flush();
   if (!out_) throw std::runtime_error("cannot append to the log '" + current_path().string() + "'");
+}
+
+void csv_log::sync() {
+  out_.flush();
+  const fs::path p = current_path();
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  const bool ok = out_ && fd >= 0 && ::fsync(fd) == 0;
+  const int err = errno;
+  if (fd >= 0) ::close(fd);
+  if (!ok) throw std::runtime_error("cannot write the log '" + p.string() + "' to disk: " + std::strerror(err));
+}
+
+std::vector<std::string> csv_log::history_lines(const fs::path& path, index_t step) {
+  std::vector<std::string> keep;
+  bool first = true;
+  for_each_line(path, [&](const std::string& line, bool complete) {
+    const bool is_header = first && line == header;
+    first = false;
+    log_row r;
+    if (!is_header && complete && parse(line, r) && r.step <= step) keep.push_back(line);
+  });
+  return keep;
+}
+
+log_digest csv_log::digest_of(const std::vector<std::string>& lines) {
+  detail::fnv1a h;
+  for (const auto& l : lines) {
+    h.add(l.data(), l.size());
+    h.add("\n", 1);
+  }
+  return {lines.size(), h.hex()};
 }
 
 std::string csv_log::format(const log_row& r) {
@@ -72,7 +157,6 @@ std::string csv_log::format(const log_row& r) {
   return std::to_string(r.step) + "," + lr + "," + num(r.loss) + "," + num(r.next) + "," + num(r.next2) + "," +
          num(r.val_next) + "," + num(r.val_next2) + "," + tps + "," + el;
 }
-
 bool csv_log::parse(const std::string& line, log_row& r) {
   std::vector<std::string> cells;
   std::string cell;
@@ -101,12 +185,10 @@ bool csv_log::parse(const std::string& line, log_row& r) {
 
 std::vector<log_row> csv_log::read(const fs::path& path) {
   std::vector<log_row> rows;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
+  for_each_line(path, [&](const std::string& line, bool) {
     log_row r;
     if (parse(line, r)) rows.push_back(r);
-  }
+  });
   return rows;
 }
 

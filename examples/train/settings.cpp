@@ -62,8 +62,10 @@ setting_field toggle(std::string key, std::string negation, std::string help, Re
   return x;
 }
 
-bool non_negative(double d) { return d >= 0; }
-bool positive(double d) { return d > 0; }
+// The ranges of the real settings: finite, and such that a run can train (docs/checkpoint.md).
+bool up_to_100(double d) { return d >= 0 && d <= 100; }
+bool up_to_1e6(double d) { return d >= 0 && d <= 1e6; }
+bool unit_left_open(double d) { return d > 0 && d <= 1; }
 bool unit_closed(double d) { return d >= 0 && d <= 1; }
 bool unit_open(double d) { return d > 0 && d < 1; }
 bool unit_right_open(double d) { return d >= 0 && d < 1; }
@@ -96,8 +98,8 @@ std::vector<setting_field> make_fields() {
   f.push_back(toggle("mtp", "--no-mtp", "multi-token-prediction head (--no-mtp to disable)",
                      [](auto& s) -> auto& { return s.model.mtp; }));
   f.push_back(real("mtp-lambda", "weight of the next-2-token loss", [](auto& s) -> auto& { return s.model.mtp_lambda; },
-                   non_negative, "a number >= 0"));
-  f.push_back(real("lr", "peak learning rate", [](auto& s) -> auto& { return s.lr; }, non_negative, "a number >= 0"));
+                   up_to_100, "a number in [0, 100]"));
+  f.push_back(real("lr", "peak learning rate", [](auto& s) -> auto& { return s.lr; }, unit_closed, "a number in [0, 1]"));
   f.push_back(real("min-lr-ratio", "cosine floor as a fraction of --lr", [](auto& s) -> auto& { return s.min_lr_ratio; },
                    unit_closed, "a number in [0, 1]"));
   f.push_back(integer("warmup", "N", "linear warm-up steps", [](auto& s) -> auto& { return s.warmup; }, 0));
@@ -113,14 +115,15 @@ std::vector<setting_field> make_fields() {
     f.push_back(std::move(x));
   }
   f.push_back(real("weight-decay", "AdamW decoupled weight decay", [](auto& s) -> auto& { return s.weight_decay; },
-                   non_negative, "a number >= 0"));
+                   unit_closed, "a number in [0, 1]"));
   f.push_back(real("clip", "global gradient-norm clip (0: no clipping)", [](auto& s) -> auto& { return s.clip; },
-                   non_negative, "a number >= 0"));
+                   up_to_1e6, "a number in [0, 1e6]"));
   f.push_back(real("beta1", "AdamW first-moment decay", [](auto& s) -> auto& { return s.beta1; }, unit_right_open,
                    "a number in [0, 1)"));
   f.push_back(real("beta2", "AdamW second-moment decay", [](auto& s) -> auto& { return s.beta2; }, unit_right_open,
                    "a number in [0, 1)"));
-  f.push_back(real("adam-eps", "AdamW epsilon", [](auto& s) -> auto& { return s.adam_eps; }, positive, "a number > 0"));
+  f.push_back(real("adam-eps", "AdamW epsilon", [](auto& s) -> auto& { return s.adam_eps; }, unit_left_open,
+                   "a number in (0, 1]"));
   {
     setting_field x = field("seed", "N", "seed of the initialisation and of the batch order");
     x.get = [](const settings& s) { return std::to_string(s.seed); };
@@ -171,7 +174,7 @@ void validate(const settings& s) {
     detail::bad_setting("vocabulary", std::to_string(data::vocab_size) + " (bytes)", std::to_string(c.vocab));
 }
 
-memory_need estimate_memory(const settings& s) {
+memory_need estimate_memory(const settings& s, double corpus_bytes) {
   const model::value_count v = model::count_values(s.model_config(), s.batch);
   constexpr double value = sizeof(float);
   memory_need need;
@@ -179,6 +182,7 @@ memory_need estimate_memory(const settings& s) {
   // The validation batches: inputs and two targets per token.
   const double eval_tokens = 3.0 * double(s.eval_batches) * double(s.batch) * double(s.model.context);
   need.activations = (v.activations + eval_tokens) * value;
+  need.corpus = corpus_bytes;
   return need;
 }
 
@@ -233,10 +237,14 @@ std::string byte_text(double bytes) {
   return buf;
 }
 
-void expect_memory_fits(const settings& s, std::optional<double> available) {
+void expect_memory_fits(const settings& s, std::optional<double> available, double corpus_bytes) {
   if (!available) return;
-  const memory_need need = estimate_memory(s);
+  const memory_need need = estimate_memory(s, corpus_bytes);
   if (need.total() <= *available) return;
+  if (corpus_bytes > *available)
+    throw std::invalid_argument("--data: the corpus of " + byte_text(corpus_bytes) + " does not fit in the " +
+                                byte_text(*available) + " of memory available (it is read into memory whole); this run "
+                                "would need about " + byte_text(need.total()) + " in all");
   // The flag to blame: the one whose default value would lower the need the most.
   struct size_flag {
     const char* flag;
@@ -257,7 +265,7 @@ void expect_memory_fits(const settings& s, std::optional<double> available) {
     index_t& value = f.field ? t.*f.field : t.model.*f.model_field;
     const index_t given = value;
     value = f.field ? defaults.*f.field : defaults.model.*f.model_field;
-    const double total = estimate_memory(t).total();
+    const double total = estimate_memory(t, corpus_bytes).total();
     if (total < best) best = total, blamed = &f, blamed_value = given;
   }
   const auto& c = s.model;
@@ -267,7 +275,8 @@ void expect_memory_fits(const settings& s, std::optional<double> available) {
          byte_text(need.parameters) + " at --width " + std::to_string(c.width) + ", --layers " + std::to_string(c.layers) +
          ", --ffn " + std::to_string(c.ffn()) + ", shape " + model::shape_choice{s.m, s.n, s.dynamic}.label() +
          "; the activations of a batch of --batch " + std::to_string(s.batch) + " x --context " + std::to_string(c.context) +
-         " tokens need " + byte_text(need.activations) + ")";
+         " tokens need " + byte_text(need.activations) +
+         (corpus_bytes > 0 ? "; the corpus needs " + byte_text(corpus_bytes) : std::string()) + ")";
   if (blamed)
     msg += "; with the default " + std::string(blamed->flag) + " it would need " + byte_text(best);
   throw std::invalid_argument(msg);

@@ -92,22 +92,27 @@ struct memory_need {
   double parameters = 0;
   /// One training batch's activations and scratch (`model::count_values`), and the validation batches' tokens.
   double activations = 0;
-  /// Both.
-  double total() const { return parameters + activations; }
+  /// The corpus, held once (`data::text_corpus::bytes_at`).
+  double corpus = 0;
+  /// All three.
+  double total() const { return parameters + activations + corpus; }
 };
 
-/// The estimate of `s` (float values). Throws std::invalid_argument when the shape is not compiled.
-memory_need estimate_memory(const settings& s);
+/// The estimate of `s` (float values) on a corpus of `corpus_bytes`. Throws std::invalid_argument when the shape is
+/// not compiled.
+memory_need estimate_memory(const settings& s, double corpus_bytes = 0);
 
 /// Bytes this process can still allocate: the kernel's `MemAvailable`, lowered to what the memory limit of the
 /// process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`) leaves; empty where neither can be read.
 std::optional<double> available_memory();
 
-/// Refuses settings that cannot fit: throws std::invalid_argument when `estimate_memory(s)` exceeds `available`,
-/// naming first the size flag (`--batch`, `--context`, `--width`, `--layers`, `--ffn`) whose default would lower
-/// the need the most and what the need would then be, then the bytes each part needs and the bytes available.
-/// Does nothing when `available` is empty.
-void expect_memory_fits(const settings& s, std::optional<double> available);
+/// Refuses settings that cannot fit: throws std::invalid_argument when `estimate_memory(s, corpus_bytes)` exceeds
+/// `available`, naming first the size flag (`--batch`, `--context`, `--width`, `--layers`, `--ffn`) whose default
+/// would lower the need the most and what the need would then be (or `--data` when the corpus alone does not fit),
+/// then the bytes each part needs and the bytes available. Does nothing when `available` is empty. `vwn-train`
+/// checks with the corpus's size before reading it; the trainer checks again without it, the corpus then being
+/// in memory already.
+void expect_memory_fits(const settings& s, std::optional<double> available, double corpus_bytes = 0);
 
 /// "12.3 MB", "4.56 GB": `bytes` in decimal units, three significant digits.
 std::string byte_text(double bytes);

@@ -59,10 +59,6 @@ trainer trainer::resume(const std::filesystem::path& path, const settings& reque
                                 std::to_string(c.data_bytes) + " bytes with fingerprint " + c.data_fingerprint + " ('" +
                                 c.data_source + "'), got " + std::to_string(corpus.size()) + " bytes with fingerprint " +
                                 fp + " ('" + corpus.source() + "')");
-  if (c.optimizer_step != std::int64_t(c.step) || c.sampler.batch_index != std::uint64_t(c.step))
-    throw std::runtime_error(detail::checkpoint_error_prefix(path) + "inconsistent counters: step " + std::to_string(c.step) +
-                             ", optimizer_step " + std::to_string(c.optimizer_step) + ", sampler_batch_index " +
-                             std::to_string(c.sampler.batch_index) + " (expected all equal)");
   detail::expect_checkpoint_fits(c, available_memory(), true);
   settings s = c.config;
   s.eval_every = requested.eval_every;
@@ -73,6 +69,7 @@ trainer trainer::resume(const std::filesystem::path& path, const settings& reque
   t.sampler_.restore(c.sampler);
   t.step_ = c.step;
   t.elapsed_before_ = c.elapsed_seconds;
+  t.resumed_log_ = c.log;
   return t;
 }
 
@@ -124,8 +121,25 @@ evaluation trainer::evaluate() {
   return e;
 }
 
-void trainer::save(const std::filesystem::path& path) const {
+void trainer::save(const std::filesystem::path& path, const std::optional<log_digest>& log,
+                   const std::function<void()>& before_rename) const {
+  // A diverged update must not be written as a state to continue from (read_checkpoint refuses it anyway).
+  model_->visit([&](const std::string& name, float* p, float*, index_t size, bool) {
+    for (index_t i = 0; i < size; ++i)
+      if (!std::isfinite(p[i]))
+        throw non_finite_error("after step " + std::to_string(step_) + ": parameter '" + name + "' holds " +
+                               number_text(p[i]) + " at element " + std::to_string(i) + " of " + std::to_string(size) +
+                               "; the run diverged, this state was not saved");
+  });
+  opt_.for_each_state([&](const std::string& name, const float* p, index_t size) {
+    for (index_t i = 0; i < size; ++i)
+      if (!std::isfinite(p[i]))
+        throw non_finite_error("after step " + std::to_string(step_) + ": optimiser state '" + name + "' holds " +
+                               number_text(p[i]) + " at element " + std::to_string(i) + " of " + std::to_string(size) +
+                               "; the run diverged, this state was not saved");
+  });
   checkpoint c;
+  c.log = log;
   c.config = s_;
   c.step = step_;
   c.optimizer_step = opt_.step_count();
@@ -141,7 +155,7 @@ void trainer::save(const std::filesystem::path& path) const {
   opt_.for_each_state([&](const std::string& name, const float* p, index_t size) {
     c.file.set("optim." + name, safetensors::dtype::f32, {std::int64_t(size)}, p);
   });
-  write_checkpoint(path, std::move(c));
+  write_checkpoint(path, std::move(c), before_rename);
 }
 
 }  // namespace vwn::train

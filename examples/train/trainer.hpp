@@ -9,11 +9,14 @@
 ///   command_line.hpp  the command lines of vwn-train and vwn-sample
 ///   checkpoint.hpp    checkpoint files (docs/checkpoint.md)
 ///   log.hpp           the CSV log
+///   output.hpp        the output folder: its lock, the recovery of a killed run, the save sequence
 ///   plot.hpp          the loss plot (gnuplot)
 ///   generate.hpp      text generation
 
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -22,6 +25,7 @@
 #include <train/command_line.hpp>
 #include <train/generate.hpp>
 #include <train/log.hpp>
+#include <train/output.hpp>
 #include <train/plot.hpp>
 #include <train/settings.hpp>
 #include <train/values.hpp>
@@ -83,8 +87,11 @@ class trainer {
   evaluation evaluate();
 
   /// Writes the checkpoint (atomically: a temporary file next to `path`, then a rename; the folder must
-  /// exist). `elapsed_seconds` is informative.
-  void save(const std::filesystem::path& path) const;
+  /// exist), recording `log`, the digest of the run's log rows so far (`csv_log::digest`). `elapsed_seconds` is
+  /// informative. Throws non_finite_error, before writing anything, when a parameter or an optimiser moment is
+  /// not finite (an update diverged without a non-finite loss). `before_rename` as in `write_checkpoint`.
+  void save(const std::filesystem::path& path, const std::optional<log_digest>& log = std::nullopt,
+            const std::function<void()>& before_rename = {}) const;
 
   /// Completed steps.
   index_t steps_done() const { return step_; }
@@ -102,6 +109,9 @@ class trainer {
   double elapsed_seconds() const { return elapsed_before_ + elapsed_; }
   /// Tokens per training step.
   index_t tokens_per_step() const { return s_.batch * s_.model.context; }
+  /// What the checkpoint this run was resumed from records of its log (empty for a fresh run, or a checkpoint
+  /// of an older version).
+  const std::optional<log_digest>& resumed_log() const { return resumed_log_; }
 
  private:
   /// Throws non_finite_error when a training loss of the step is not finite.
@@ -121,6 +131,7 @@ class trainer {
   index_t step_ = 0;
   double elapsed_before_ = 0;
   double elapsed_ = 0;
+  std::optional<log_digest> resumed_log_;
 };
 
 }  // namespace vwn::train

@@ -4,6 +4,7 @@
 /// parsing whose errors name the flag (or key), what was expected and what was given, and the shortest
 /// round-trip text of a double.
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -34,5 +35,28 @@ double parse_double(std::string_view what, std::string_view s, bool (*ok)(double
 
 /// true, 1, yes, on / false, 0, no, off; otherwise `bad_value(what, "true or false", s)`.
 bool parse_bool(std::string_view what, std::string_view s);
+
+/// FNV-1a, 64 bits: the hash of checkpoints' checksums, corpus fingerprints and log digests.
+struct fnv1a {
+  std::uint64_t h = 0xcbf29ce484222325ull;  ///< the hash so far
+  /// Adds `n` bytes.
+  void add(const void* p, std::size_t n) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  }
+  /// Adds the bytes of `s` and a NUL.
+  void add(std::string_view s) {
+    add(s.data(), s.size());
+    const unsigned char zero = 0;
+    add(&zero, 1);
+  }
+  /// The hash as 16 hex digits.
+  std::string hex() const {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string out(16, '0');
+    for (int i = 0; i < 16; ++i) out[std::size_t(15 - i)] = digits[(h >> (4 * i)) & 15];
+    return out;
+  }
+};
 
 }  // namespace vwn::train::detail

@@ -142,12 +142,15 @@ int run(int argc, char** argv) {
                                " is missing: run scripts/get-brown.sh to fetch the Brown corpus, or pass --data PATH");
     throw std::runtime_error("--data: expected an existing file or folder, got '" + opt.data.string() + "'");
   }
+  // The corpus is sized from the file system and checked against the memory with the run before it is read.
+  train::expect_memory_fits(s, train::available_memory(), double(vwn::data::text_corpus::bytes_at(opt.data)));
   const vwn::data::text_corpus corpus = vwn::data::text_corpus::load(opt.data, s.model.context, s.val_fraction);
 
-  const fs::path checkpoint_path = opt.out / "checkpoint.safetensors";
-  train::expect_output_folder(opt.out, opt.resume, opt.overwrite);
+  // The folder is locked, checked and cleared of what a killed run left before anything else looks at it.
+  train::output_folder folder(opt.out, opt.resume, opt.overwrite);
+  const fs::path checkpoint_path = folder.checkpoint_path();
 
-  // Everything is checked before anything is written.
+  // Everything is checked before anything of the run is written.
   train::trainer t = opt.resume ? train::trainer::resume(*opt.resume, s, corpus) : train::trainer(s, corpus);
   const bool mtp = s.model.mtp;
 
@@ -156,31 +159,22 @@ int run(int argc, char** argv) {
             << train::describe(s) << "data     " << corpus.source() << ": " << corpus.size() << " bytes (train "
             << corpus.train().size() << ", validation " << corpus.validation().size() << ")\n"
             << "output   " << opt.out.string() << "/ (log.csv, checkpoint.safetensors, loss.png)\n";
-  const train::memory_need need = train::estimate_memory(s);
+  const train::memory_need need = train::estimate_memory(s, double(corpus.size()));
   const std::optional<double> available = train::available_memory();
   std::cout << "memory   about " << train::byte_text(need.total()) << " (parameters and optimiser state "
-            << train::byte_text(need.parameters) << ", activations " << train::byte_text(need.activations) << ")"
+            << train::byte_text(need.parameters) << ", activations " << train::byte_text(need.activations) << ", corpus " << train::byte_text(need.corpus) << ")"
             << (available ? ", " + train::byte_text(*available) + " available" : std::string()) << "\n";
   if (opt.resume)
     std::cout << "resume   " << opt.resume->string() << " at step " << t.steps_done() << " of " << s.steps << "\n";
   std::cout << std::flush;
 
-  fs::create_directories(opt.out);
   // The new log starts from the resumed run's own rows; it and the first checkpoint replace what the folder held
   // only once that checkpoint is written (csv_log::commit), so a run that fails before leaves the folder as it was.
-  std::optional<train::log_history> history;
-  if (opt.resume) history = train::log_history{opt.resume->parent_path() / "log.csv", t.steps_done()};
-  train::csv_log log(opt.out / "log.csv", history);
-  const fs::path png = opt.out / "loss.png";
-  const bool same_run = opt.resume && fs::equivalent(checkpoint_path, *opt.resume, ec);
-  auto save = [&] {
-    t.save(checkpoint_path);
-    if (log.committed()) return;
-    log.commit();
-    if (same_run) return;
-    fs::remove(png, ec);  // the plot of the run this one replaced, and its gnuplot script
-    fs::remove(fs::path(png).replace_extension(".gp"), ec);
-  };
+  const std::vector<std::string> history = opt.resume ? folder.history(t, *opt.resume) : std::vector<std::string>{};
+  for (const std::string& notice : folder.notices()) std::cout << "notice   " << notice << "\n";
+  std::cout << std::flush;
+  train::csv_log log(folder.log_path(), history);
+  const fs::path png = folder.plot_path();
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -192,7 +186,7 @@ int run(int argc, char** argv) {
   std::optional<std::pair<fs::path, index_t>> last_good;
   if (opt.resume) last_good.emplace(*opt.resume, t.steps_done());
   // A step or an evaluation that went non-finite ends the run, naming the checkpoint to go back to.
-  auto or_stop = [&](auto&& work) {
+  auto or_stop = [&](auto&& work) -> decltype(work()) {
     try {
       return work();
     } catch (const train::non_finite_error& e) {
@@ -204,6 +198,8 @@ int run(int argc, char** argv) {
                                ". Try a lower --lr, a longer --warmup or --clip");
     }
   };
+  // The save sequence (train::output_folder::save); a diverged state is not written.
+  auto save = [&] { or_stop([&] { folder.save(t, log); }); };
   while (t.steps_done() < s.steps && !stop_requested) {
     const train::step_result r = or_stop([&] { return t.train_step(); });
     train::log_row row;
@@ -228,31 +224,40 @@ int run(int argc, char** argv) {
     }
   }
   bar.finish();
-  if (stop_requested) {
-    save();
+  // After the loop the checkpoint holds every step: a signal in a later phase ends the run with the same status.
+  auto interrupted = [&] {
     std::cout << "interrupted after step " << t.steps_done() << ": saved " << checkpoint_path.string()
               << "; continue with --resume " << checkpoint_path.string() << "\n";
     return 130;
+  };
+  if (stop_requested) {
+    save();
+    return interrupted();
   }
   if (!log.committed()) save();  // a finished run resumed into a new folder: the folder gets the whole run
-  if (last_eval_step != t.steps_done()) last_eval = t.evaluate();  // e.g. resumed from a finished run
+  if (last_eval_step != t.steps_done()) last_eval = or_stop([&] { return t.evaluate(); });  // e.g. resumed from a finished run
+  if (stop_requested) return interrupted();
 
   std::cout << "\ntrained " << t.steps_done() << " steps in " << duration(t.elapsed_seconds()) << "\n"
             << "validation after step " << t.steps_done() << ": " << eval_text(*last_eval, mtp) << "\n"
             << "checkpoint: " << checkpoint_path.string() << "\n";
 
-  const std::string plot_problem = train::plot_losses(train::csv_log::read(opt.out / "log.csv"), png, t.model().name());
+  const std::string plot_problem = train::plot_losses(train::csv_log::read(folder.log_path()), png, t.model().name());
   if (plot_problem.empty())
     std::cout << "loss plot: " << png.string() << "\n";
   else
     std::cout << "loss plot skipped: " << plot_problem << "\n";
+  std::cout << std::flush;  // before the sampling, which may take a while
+  if (stop_requested) return interrupted();
 
   if (opt.sample_bytes > 0) {
     train::sample_options so;
     so.tokens = opt.sample_bytes;
     so.seed = s.seed;
+    so.stop = &stop_requested;
     const std::string prompt = "The ";
     const std::string text = prompt + train::generate(t.model(), prompt, so);
+    if (stop_requested) return interrupted();
     std::cout << "sample (temperature " << train::detail::format_double(so.temperature) << ", top-k " << so.top_k
               << ", prompt \"" << prompt << "\"):\n"
               << train::printable(text) << "\n";

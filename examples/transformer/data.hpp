@@ -44,10 +44,76 @@ class text_corpus {
  public:
   /// Loads `path`: a text file, or a folder, in which case every regular file below it (recursively, symlinks
   /// to files included) is read in sorted path order and the contents are joined with a single '\n' between
-  /// consecutive files. Throws std::runtime_error when the path does not exist, a file cannot be read, the
-  /// corpus is empty or a split is shorter than `context + 2` bytes; std::invalid_argument when `context < 1`
-  /// or `val_fraction` is not in (0, 1).
+  /// consecutive files. The bytes are read once, into storage sized beforehand from the files' sizes. Throws
+  /// std::runtime_error when the path does not exist, a file cannot be read, the corpus does not fit in memory,
+  /// is empty or a split is shorter than `context + 2` bytes; std::invalid_argument when `context < 1` or
+  /// `val_fraction` is not in (0, 1).
   static text_corpus load(const std::filesystem::path& path, index_t context, double val_fraction = 0.1) {
+    const std::string where = "vwn::data::text_corpus::load";
+    std::vector<std::filesystem::path> files = files_of(path);
+    // Read once, straight into the corpus's own storage, sized from the files beforehand.
+    std::vector<std::uint8_t> bytes;
+    const std::uint64_t size = bytes_of(files);
+    try {
+      bytes.reserve(static_cast<std::size_t>(size));
+    } catch (const std::exception&) {  // std::bad_alloc, std::length_error
+      throw std::runtime_error(where + ": the corpus '" + path.string() + "' of " + std::to_string(size) +
+                               " bytes does not fit in memory");
+    }
+    for (std::size_t i = 0; i < files.size(); ++i) {
+      if (i > 0) bytes.push_back('\n');
+      std::ifstream in(files[i], std::ios::binary);
+      if (!in) throw std::runtime_error(where + ": cannot open file '" + files[i].string() + "' for reading");
+      char buf[1 << 16];
+      while (in.read(buf, sizeof buf) || in.gcount() > 0) bytes.insert(bytes.end(), buf, buf + in.gcount());
+      if (in.bad()) throw std::runtime_error(where + ": error while reading file '" + files[i].string() + "'");
+    }
+    text_corpus c = from_vector(std::move(bytes), context, val_fraction, path.string());
+    c.files_ = std::move(files);
+    return c;
+  }
+
+  /// The bytes `load(path, ...)` reads: the sizes of the files it would read plus one per join, from the file
+  /// system's listing, without reading any (so that memory can be checked before a large corpus is loaded).
+  /// Throws std::runtime_error as `load` does for a path it cannot use.
+  static std::uint64_t bytes_at(const std::filesystem::path& path) { return bytes_of(files_of(path)); }
+
+  /// A corpus from bytes in memory; `source` names it in error messages. Same checks as `load`.
+  static text_corpus from_bytes(std::string bytes, index_t context, double val_fraction = 0.1,
+                                std::string source = "<memory>") {
+    return from_vector(std::vector<std::uint8_t>(bytes.begin(), bytes.end()), context, val_fraction, std::move(source));
+  }
+
+ private:
+  /// `from_bytes` on bytes already in the corpus's storage type (no copy).
+  static text_corpus from_vector(std::vector<std::uint8_t> bytes, index_t context, double val_fraction,
+                                 std::string source) {
+    const std::string where = "vwn::data::text_corpus";
+    if (context < 1) vwn::detail::fail(where, "context", "a length >= 1", std::to_string(context));
+    if (!(val_fraction > 0 && val_fraction < 1))
+      vwn::detail::fail(where, "val_fraction", "a value in (0, 1)", std::to_string(val_fraction));
+    if (bytes.empty()) throw std::runtime_error(where + ": corpus '" + source + "' is empty (0 bytes)");
+    text_corpus c;
+    c.source_ = std::move(source);
+    c.bytes_ = std::move(bytes);
+    const auto n = static_cast<index_t>(c.bytes_.size());
+    const auto val = static_cast<index_t>(std::floor(val_fraction * static_cast<double>(n)));
+    c.split_ = n - val;
+    const index_t need = context + 2;
+    auto check = [&](std::string_view part, index_t got) {
+      if (got < need)
+        throw std::runtime_error(where + ": corpus '" + c.source_ + "' of " + std::to_string(n) + " bytes is too short: " +
+                                 std::string(part) + " split: expected at least " + std::to_string(need) +
+                                 " bytes (context " + std::to_string(context) + " + 2), got " + std::to_string(got) +
+                                 " (val_fraction " + std::to_string(val_fraction) + ")");
+    };
+    check("training", c.split_);
+    check("validation", val);
+    return c;
+  }
+
+  /// The files `load` reads from `path`, in order (see there).
+  static std::vector<std::filesystem::path> files_of(const std::filesystem::path& path) {
     const std::string where = "vwn::data::text_corpus::load";
     std::error_code ec;
     const auto status = std::filesystem::status(path, ec);
@@ -70,45 +136,22 @@ class text_corpus {
     } else {
       throw std::runtime_error(where + ": path '" + path.string() + "' is neither a regular file nor a folder");
     }
-    std::string bytes;
-    for (std::size_t i = 0; i < files.size(); ++i) {
-      if (i > 0) bytes.push_back('\n');
-      std::ifstream in(files[i], std::ios::binary);
-      if (!in) throw std::runtime_error(where + ": cannot open file '" + files[i].string() + "' for reading");
-      bytes.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-      if (in.bad()) throw std::runtime_error(where + ": error while reading file '" + files[i].string() + "'");
-    }
-    text_corpus c = from_bytes(std::move(bytes), context, val_fraction, path.string());
-    c.files_ = std::move(files);
-    return c;
+    return files;
   }
 
-  /// A corpus from bytes in memory; `source` names it in error messages. Same checks as `load`.
-  static text_corpus from_bytes(std::string bytes, index_t context, double val_fraction = 0.1,
-                                std::string source = "<memory>") {
-    const std::string where = "vwn::data::text_corpus";
-    if (context < 1) vwn::detail::fail(where, "context", "a length >= 1", std::to_string(context));
-    if (!(val_fraction > 0 && val_fraction < 1))
-      vwn::detail::fail(where, "val_fraction", "a value in (0, 1)", std::to_string(val_fraction));
-    if (bytes.empty()) throw std::runtime_error(where + ": corpus '" + source + "' is empty (0 bytes)");
-    text_corpus c;
-    c.source_ = std::move(source);
-    c.bytes_.assign(bytes.begin(), bytes.end());
-    const auto n = static_cast<index_t>(c.bytes_.size());
-    const auto val = static_cast<index_t>(std::floor(val_fraction * static_cast<double>(n)));
-    c.split_ = n - val;
-    const index_t need = context + 2;
-    auto check = [&](std::string_view part, index_t got) {
-      if (got < need)
-        throw std::runtime_error(where + ": corpus '" + c.source_ + "' of " + std::to_string(n) + " bytes is too short: " +
-                                 std::string(part) + " split: expected at least " + std::to_string(need) +
-                                 " bytes (context " + std::to_string(context) + " + 2), got " + std::to_string(got) +
-                                 " (val_fraction " + std::to_string(val_fraction) + ")");
-    };
-    check("training", c.split_);
-    check("validation", val);
-    return c;
+  /// The sizes of `files` plus one byte per join.
+  static std::uint64_t bytes_of(const std::vector<std::filesystem::path>& files) {
+    std::uint64_t total = files.empty() ? 0 : files.size() - 1;
+    for (const auto& f : files) {
+      std::error_code ec;
+      const auto size = std::filesystem::file_size(f, ec);
+      if (ec) throw std::runtime_error("vwn::data::text_corpus::load: cannot read the size of '" + f.string() + "': " + ec.message());
+      total += size;
+    }
+    return total;
   }
+
+ public:
 
   /// All corpus bytes.
   std::span<const std::uint8_t> bytes() const { return bytes_; }

@@ -286,7 +286,7 @@ TEST(TrainerCli, MoreBadArgumentsAreReportedInOurWords) {
   auto parse_error = [](std::vector<std::string> args) {
     return error_of<std::invalid_argument>([&] { (void)train::parse_command_line(args); });
   };
-  EXPECT_EQ(parse_error({"--lr=-1"}), "--lr: expected a number >= 0, got '-1'");
+  EXPECT_EQ(parse_error({"--lr=-1"}), "--lr: expected a number in [0, 1], got '-1'");
   EXPECT_EQ(parse_error({"--steps", "--width", "3"}), "--steps: expected a positive integer, got '--width'");
   EXPECT_EQ(parse_error({"--steps="}), "--steps: expected a positive integer, got ''");
   EXPECT_EQ(parse_error({"--steps=", "5"}), "--steps: expected a positive integer, got ''");
@@ -377,7 +377,7 @@ TEST(TrainerCli, SampleCommandLine) {
   };
   EXPECT_EQ(parse_error({}), "--checkpoint: expected a checkpoint path, got none (try --help)");
   EXPECT_EQ(parse_error({"--checkpoint", "x", "--tokens", "abc"}), "--tokens: expected an integer in [0, 16777216], got 'abc'");
-  EXPECT_EQ(parse_error({"--checkpoint", "x", "--temperature=-1"}), "--temperature: expected a number >= 0, got '-1'");
+  EXPECT_EQ(parse_error({"--checkpoint", "x", "--temperature=-1"}), "--temperature: expected a number in [0, 100], got '-1'");
   EXPECT_EQ(parse_error({"--checkpoint", "x", "--top-k", "-1"}), "--top-k: expected an integer >= 0, got '-1'");
   EXPECT_EQ(parse_error({"--checkpoint", "x", "--seed", "1.5"}), "--seed: expected an integer in [0, 2^64), got '1.5'");
   EXPECT_EQ(parse_error({"--checkpoint"}), "--checkpoint: expected a value, got the end of the command line");
@@ -390,7 +390,24 @@ TEST(TrainerCli, BadValuesNameTheFlagTheExpectationAndTheValue) {
   };
   EXPECT_EQ(parse_error({"--width", "abc"}), "--width: expected a positive integer, got 'abc'");
   EXPECT_EQ(parse_error({"--width", "0"}), "--width: expected a positive integer, got '0'");
-  EXPECT_EQ(parse_error({"--lr", "-1"}), "--lr: expected a number >= 0, got '-1'");
+  EXPECT_EQ(parse_error({"--lr", "-1"}), "--lr: expected a number in [0, 1], got '-1'");
+  // Every real setting is finite and within a range in which a run can train.
+  EXPECT_EQ(parse_error({"--lr", "1e308"}), "--lr: expected a number in [0, 1], got '1e308'");
+  EXPECT_EQ(parse_error({"--lr", "inf"}), "--lr: expected a number in [0, 1], got 'inf'");
+  EXPECT_EQ(parse_error({"--lr", "nan"}), "--lr: expected a number in [0, 1], got 'nan'");
+  EXPECT_EQ(parse_error({"--weight-decay", "2"}), "--weight-decay: expected a number in [0, 1], got '2'");
+  EXPECT_EQ(parse_error({"--mtp-lambda", "1e9"}), "--mtp-lambda: expected a number in [0, 100], got '1e9'");
+  EXPECT_EQ(parse_error({"--clip", "1e7"}), "--clip: expected a number in [0, 1e6], got '1e7'");
+  EXPECT_EQ(parse_error({"--adam-eps", "0"}), "--adam-eps: expected a number in (0, 1], got '0'");
+  EXPECT_EQ(parse_error({"--adam-eps", "2"}), "--adam-eps: expected a number in (0, 1], got '2'");
+  EXPECT_EQ(parse_error({"--beta2", "1"}), "--beta2: expected a number in [0, 1), got '1'");
+  EXPECT_NO_THROW((void)train::parse_command_line(
+      std::vector<std::string>{"--lr", "1", "--weight-decay", "1", "--clip", "1e6", "--adam-eps", "1"}));
+  // Control characters in --out are refused by name (a newline would otherwise reach file names and scripts).
+  EXPECT_EQ(parse_error({"--out", "a\nb"}),
+            "--out: expected a folder name without control characters, got 'a\\x0ab' (\\x0a at byte 2)");
+  EXPECT_EQ(parse_error({"--out=x\ty\x1b"}),
+            "--out: expected a folder name without control characters, got 'x\\x09y\\x1b' (\\x09 at byte 2)");
   EXPECT_EQ(parse_error({"--val-fraction", "1.5"}), "--val-fraction: expected a number in (0, 1), got '1.5'");
   EXPECT_EQ(parse_error({"--schedule", "linear"}), "--schedule: expected cosine or constant, got 'linear'");
   EXPECT_EQ(parse_error({"--mtp=maybe"}), "--mtp: expected true or false, got 'maybe'");
@@ -657,6 +674,55 @@ TEST(TrainerCheckpoint, StepBeyondTheRunIsRejected) {
             std::string::npos) << msg;
 }
 
+// Counters that disagree with the step are refused by the one reader both programs use, so vwn-sample refuses
+// what --resume refuses.
+TEST(TrainerCheckpoint, InconsistentCountersAreRejectedByResumeAndSampling) {
+  for (const bool optimizer : {true, false}) {
+    SCOPED_TRACE(optimizer ? "optimizer_step" : "sampler_batch_index");
+    saved_run run;
+    rewrite_checkpoint(run, [&](train::checkpoint& c) {
+      if (optimizer)
+        c.optimizer_step += 1;
+      else
+        c.sampler.batch_index += 5;
+    });
+    const std::string expected = optimizer ? "inconsistent counters: step 3, optimizer_step 4, sampler_batch_index 3"
+                                           : "inconsistent counters: step 3, optimizer_step 3, sampler_batch_index 8";
+    for (const std::string& msg :
+         {error_of<std::runtime_error>([&] { (void)train::trainer::resume(run.ck, run.s, run.corpus); }),
+          error_of<std::runtime_error>([&] { (void)train::load_model(train::read_checkpoint(run.ck)); })})
+      EXPECT_NE(msg.find(expected), std::string::npos) << msg;
+  }
+}
+
+// A diverged update whose loss was still finite: the save refuses the state before writing anything, so the
+// checkpoint a message calls the last good one is one both programs load.
+TEST(TrainerCheckpoint, NonFiniteParametersAreNeverSaved) {
+  saved_run run;
+  const std::string before = slurp(run.ck);
+  for (const bool moment : {false, true}) {
+    SCOPED_TRACE(moment ? "optimiser moment" : "parameter");
+    train::trainer t(run.s, run.corpus);
+    (void)t.train_step();
+    bool poisoned = false;
+    if (moment)
+      t.optimizer().for_each_state([&](const std::string&, const float* p, index_t size) {
+        if (!poisoned && size > 2) const_cast<float*>(p)[2] = std::numeric_limits<float>::infinity(), poisoned = true;
+      });
+    else
+      t.model().visit([&](const std::string&, float* p, float*, index_t size, bool) {
+        if (!poisoned && size > 2) p[2] = std::numeric_limits<float>::infinity(), poisoned = true;
+      });
+    ASSERT_TRUE(poisoned);
+    const auto names = listing(run.dir.path);
+    const std::string msg = error_of<train::non_finite_error>([&] { t.save(run.ck); });
+    EXPECT_NE(msg.find("holds inf at element 2"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("this state was not saved"), std::string::npos) << msg;
+    EXPECT_EQ(slurp(run.ck), before);
+    EXPECT_EQ(listing(run.dir.path), names);
+  }
+}
+
 TEST(TrainerCheckpoint, NonFiniteTensorsAreRejectedByResumeAndSampling) {
   for (const std::string prefix : {"model.", "optim."}) {
     for (const float bad : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
@@ -891,6 +957,30 @@ TEST(TrainerMemory, CountedParametersAreTheModelsOwn) {
       }
     }
   }
+}
+
+// The corpus is part of the memory check, sized from the file system before it is read: an 8 GB sparse file is
+// refused without a byte of it in memory.
+TEST(TrainerMemory, TheCorpusIsSizedBeforeItIsReadAndCountedOnce) {
+  temp_dir dir;
+  fs::create_directories(dir.path / "corpus");
+  dump(dir.path / "corpus" / "a.txt", text(3000));
+  dump(dir.path / "corpus" / "b.txt", text(2000, 9));
+  EXPECT_EQ(data::text_corpus::bytes_at(dir.path / "corpus"), 5001u);  // two files and the newline that joins them
+  const data::text_corpus c = data::text_corpus::load(dir.path / "corpus", 16, 0.2);
+  EXPECT_EQ(c.size(), 5001);
+  const fs::path sparse = dir.path / "sparse.txt";
+  { std::ofstream(sparse, std::ios::binary) << "x"; }
+  fs::resize_file(sparse, std::uintmax_t(8) << 30);
+  const double bytes = double(data::text_corpus::bytes_at(sparse));
+  EXPECT_EQ(bytes, double(std::uintmax_t(8) << 30));
+  const train::settings s;
+  const train::memory_need with = train::estimate_memory(s, 1e6), without = train::estimate_memory(s);
+  EXPECT_EQ(with.total(), without.total() + 1e6);  // once: the corpus is not copied
+  EXPECT_EQ(error_of<std::invalid_argument>([&] { train::expect_memory_fits(s, 4e9, bytes); }).rfind(
+                "--data: the corpus of 8.59 GB does not fit in the 4 GB of memory available", 0),
+            0u);
+  EXPECT_NO_THROW(train::expect_memory_fits(s, 4e9, 1e6));
 }
 
 TEST(TrainerMemory, SettingsThatCannotFitAreRefusedNamingTheFlagsAndTheBytes) {

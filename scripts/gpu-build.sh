@@ -5,10 +5,12 @@
 # `.gpu`), so the run there only runs. Prints the folder's size (it must stay under 60 MiB), `ldd` of each program
 # with .gpu/lib first, and the wall time.
 #
-# .gpu/bin/     vwn_cuda_tests, bench_ghc_cuda (libstdc++ and libgcc linked statically: no C++ library of the GPU
-#               machine's is assumed)
-# .gpu/lib/     every other library they link except the C library, the driver (libcuda) and cuBLAS (libcublas,
-#               libcublasLt: about 600 MB; the CUDA toolkit of the GPU machine provides them, gpu-check.sh finds them)
+# .gpu/bin/     vwn_cuda_tests, bench_ghc_cuda (stripped)
+# .gpu/lib/     every library they link except the C library, the driver (libcuda), the C++ run-time and cuBLAS
+#               (libcublas, libcublasLt: about 600 MB; the CUDA toolkit of the GPU machine provides them, and
+#               gpu-check.sh finds them): libcudart, libgomp, Google Benchmark
+# .gpu/lib/fallback/  libstdc++ and libgcc_s of this machine, which gpu-check.sh adds only where the GPU machine's
+#               own are missing or older (a newer one serves these programs, and the GPU machine's other libraries)
 # .gpu/BUILD.txt  commit, date, architecture, shapes, nvcc
 #
 # Needs nvcc (/usr/local/cuda), CMake, Ninja and the packages of scripts/setup.sh. Without Eigen, GoogleTest and
@@ -28,7 +30,7 @@ jobs="${VWN_GPU_JOBS:-$(nproc)}"
 limit_mib=60
 
 args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch" -DVWN_TORCH=OFF -DVWN_CUDA=ON
-      -DVWN_NATIVE=OFF -DVWN_BUILD_EXAMPLES=OFF "-DCMAKE_EXE_LINKER_FLAGS=-static-libstdc++ -static-libgcc")
+      -DVWN_NATIVE=OFF -DVWN_BUILD_EXAMPLES=OFF)
 [ -n "${VWN_SHAPES:-}" ] && args+=("-DVWN_SHAPES=$VWN_SHAPES")
 if command -v ccache > /dev/null; then
   args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
@@ -54,17 +56,22 @@ echo "gpu-build: built in ${SECONDS} s"
 # Into a new folder first; the old one is replaced only once the new one is complete.
 next="$gpu.next"
 rm -rf "$next"
-mkdir -p "$next/bin" "$next/lib"
+mkdir -p "$next/bin" "$next/lib/fallback"
 programs=("$build/tests/cuda/vwn_cuda_tests" "$build/bench/cuda/bench_ghc_cuda")
 for p in "${programs[@]}"; do
   cp "$p" "$next/bin/"
   strip --strip-unneeded "$next/bin/$(basename "$p")"
 done
-# The libraries to carry: everything ldd resolves but the C library, the loader, the driver and cuBLAS.
+# The libraries to carry: everything ldd resolves but the C library, the loader, the driver and cuBLAS; the C++
+# run-time into fallback/.
 skip='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|libpthread\.|librt\.|libcuda\.|libcublas|libcublasLt)'
 for p in "${programs[@]}"; do
   ldd "$p" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | while read -r name path; do
-    if ! [[ "$name" =~ $skip ]] && ! [ -e "$next/lib/$name" ]; then cp -L "$path" "$next/lib/$name"; fi
+    if [[ "$name" =~ ^(libstdc\+\+|libgcc_s)\. ]]; then
+      cp -L "$path" "$next/lib/fallback/$name"
+    elif ! [[ "$name" =~ $skip ]] && ! [ -e "$next/lib/$name" ]; then
+      cp -L "$path" "$next/lib/$name"
+    fi
   done
 done
 {
@@ -81,9 +88,9 @@ for p in "$gpu"/bin/*; do
   LD_LIBRARY_PATH="$gpu/lib" ldd "$p" | sed 's/ (0x[0-9a-f]*)//; s/^/  /'
 done
 size_kib="$(du -sk "$gpu" | cut -f1)"
-files=("$gpu"/bin/* "$gpu"/lib/*)
+files=("$gpu"/bin/* "$gpu"/lib/*.so* "$gpu"/lib/fallback/*)
 echo "gpu-build: $(du -sh "$gpu" | cut -f1) in $gpu (${#files[@]} files):"
-ls -l "$gpu"/bin "$gpu"/lib | sed 's/^/  /'
+ls -l "$gpu"/bin "$gpu"/lib "$gpu"/lib/fallback | sed 's/^/  /'
 echo "gpu-build: wall time ${SECONDS} s on $jobs jobs"
 if [ "$size_kib" -gt $((limit_mib * 1024)) ]; then
   echo "gpu-build: $gpu is over $limit_mib MiB: too large to travel with the working tree" >&2

@@ -99,8 +99,14 @@ check_libraries() {
     found="$(bounded 10 find /usr /opt -name 'libcublas.so.*' -path '*nvidia*' 2>/dev/null | head -1)"
     [ -n "$found" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$found")"
   fi
+  # The C++ run-time of the build machine, where this machine's is missing or older than the programs need.
+  if [ -x "$tests" ] && ldd "$tests" 2>&1 | grep -qE 'libstdc\+\+.*not found|GLIBCXX.*not found|libgcc_s.*not found'
+  then
+    LD_LIBRARY_PATH="$gpu/lib/fallback:$LD_LIBRARY_PATH"
+    say "device: the C++ run-time from $gpu/lib/fallback"
+  fi
   for p in "$tests" "$bench"; do
-    missing="$(ldd "$p" 2>/dev/null | grep 'not found' | awk '{print $1}' | tr '\n' ' ')"
+    missing="$(ldd "$p" 2>&1 | grep 'not found' | sed -E 's/^[[:space:]]*//; s/ =>.*//' | sort -u | tr '\n' ' ')"
     [ -n "$missing" ] && say "device: $(basename "$p") lacks libraries: $missing"
   done
 }

@@ -22,7 +22,8 @@
 # Verdicts, one per step part, in summary.txt:
 #   device tests:      passed (N) | failed (F of N) | skipped (N: no device visible) | timed out | crashed (no summary) |
 #                      no tests (the filter matched none)
-#   compute-sanitizer: clean | errors (N) | timed out | unavailable (the tool refused the device) |
+#   compute-sanitizer: clean | errors (N) | timed out (with the error reports so far) | unavailable (the tool
+#                      refused the device) |
 #                      failed (exit N, no summary: the tool or the program crashed, or printed nothing)
 #   benchmark:         ok (N results) | timed out | failed (exit N) | no results
 # Exits 1 when any verdict is not passed / clean / ok / unavailable, else 0.
@@ -150,7 +151,12 @@ gtest_verdict() {
 # sanitizer_verdict TOOL LOG RC: clean | errors (N) | timed out | unavailable | failed (no summary).
 sanitizer_verdict() {
   local tool="$1" log="$2" rc="$3" n line
-  if timed_out "$rc"; then echo "timed out (limit $cap_sanitizers s)"; return 1; fi
+  if timed_out "$rc"; then
+    # What the tool had reported when it was stopped: its error records so far.
+    n="$(grep -cE '^========= (Invalid |Uninitialized |Barrier error|Error: Race|Program hit|Out-of-range)' "$log")"
+    echo "timed out (limit $cap_sanitizers s; $n error reports before)"
+    return 1
+  fi
   if grep -q 'Device not supported' "$log"; then echo "unavailable (the tool refused the device)"; return 0; fi
   if [ "$tool" = racecheck ]; then
     line="$(grep -E 'RACECHECK SUMMARY: [0-9]+ hazards? displayed' "$log" | tail -1)"

@@ -47,7 +47,7 @@ case "$mode" in
 esac
 EOF
 
-# compute-sanitizer: STANDIN_<TOOL> = clean | errors:N | hang | unavailable | crash | nothing.
+# compute-sanitizer: STANDIN_<TOOL> = clean | errors:N | hang (after one error record) | unavailable | crash | nothing.
 cat > "$bin/compute-sanitizer" <<'EOF'
 #!/usr/bin/env bash
 tool=memcheck
@@ -77,7 +77,10 @@ case "$mode" in
     done
     summary "$n"
     exit 3 ;;
-  hang) exec sleep 100 ;;
+  hang)
+    echo "========= COMPUTE-SANITIZER"
+    echo "========= Invalid __global__ read of size 2 bytes"
+    exec sleep 100 ;;
   unavailable)
     echo "========= COMPUTE-SANITIZER"
     echo "========= Error: Device not supported. Please refer to the \"Supported Devices\" section of the sanitizer documentation"
@@ -215,7 +218,8 @@ check errors "its output in tests.log" has "$tmp/out-errors/tests.log" "modules_
 
 echo "== timed out and unavailable: a hanging tool, test process and benchmark under tiny limits; a refused device"
 verify timeout 1
-check timeout "memcheck timed out" grep -qE "compute-sanitizer memcheck .*: timed out \(limit 2 s\)$" "$summary"
+check timeout "memcheck timed out" grep -qE "compute-sanitizer memcheck .*: timed out \(limit 2 s; 1 error reports before\)$" \
+  "$summary"
 check timeout "racecheck unavailable" grep -qE "compute-sanitizer racecheck .*: unavailable" "$summary"
 check timeout "initcheck unavailable" grep -qE "compute-sanitizer initcheck .*: unavailable" "$summary"
 check timeout "synccheck still clean" grep -qE "compute-sanitizer synccheck .*: clean" "$summary"

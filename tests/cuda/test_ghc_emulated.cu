@@ -84,6 +84,24 @@ TEST(StagedWidth, Store4WritesTheRoundedValuesInOrder) {
   static_assert(std::is_same_v<decltype(d::pack4<vwn::cuda::bf16>({1, 2, 3, 4})), uint2>);
 }
 
+// The token groups of the column reductions: about column_grid blocks with the column blocks, between min_groups
+// and max_groups, never more than the tokens (every group at least one token); a function of T and the width only.
+TEST(StagedWidth, TokenGroupsFillTheColumnGrid) {
+  for (const vwn::index_t T : {1, 5, 37, 127, 128, 129, 4133, 16384, 65536})
+    for (const vwn::index_t cols : {1, 2, 4, 8, 16, 17, 64}) {
+      const vwn::index_t g = d::token_groups(T, cols);
+      SCOPED_TRACE("T " + std::to_string(T) + ", column blocks " + std::to_string(cols) + ": " + std::to_string(g));
+      EXPECT_GE(g, 1);
+      EXPECT_LE(g, T);
+      EXPECT_LE(g, d::max_groups);
+      EXPECT_GE(g, std::min(T, d::min_groups));
+      if (T >= d::max_groups) EXPECT_TRUE(g * cols >= d::column_grid || g == d::max_groups);
+    }
+  EXPECT_EQ(d::token_groups(16384, 4), 512u);   // (2,3) at D = 1024: db 512, four column blocks
+  EXPECT_EQ(d::token_groups(16384, 16), 128u);  // (2,3) at D = 4096: sixteen column blocks
+  EXPECT_EQ(d::token_groups(4133, 1), 1024u);   // the long sequence at db 15: about four tokens a group
+}
+
 // Shared memory of the staged kernel at the shapes docs/cuda.md tabulates (D = 4096, bf16): within an H100's 227 KiB.
 TEST(StagedWidth, SharedMemoryOfTheDocumentedShapes) {
   EXPECT_EQ((d::staged_width_layout<2, 3, vwn::cuda::bf16, true>::slab_bytes(2048)), 3u * 2048 * 2);

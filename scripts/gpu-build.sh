@@ -30,8 +30,7 @@ jobs="${VWN_GPU_JOBS:-$(nproc)}"
 limit_mib=60
 
 args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch" -DVWN_TORCH=OFF -DVWN_CUDA=ON
-      -DVWN_NATIVE=OFF -DVWN_BUILD_EXAMPLES=OFF)
-[ -n "${VWN_SHAPES:-}" ] && args+=("-DVWN_SHAPES=$VWN_SHAPES")
+      -DVWN_NATIVE=OFF -DVWN_BUILD_EXAMPLES=OFF "-DVWN_SHAPES=${VWN_SHAPES:-}")  # empty: every shape
 if command -v ccache > /dev/null; then
   args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
   export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}"

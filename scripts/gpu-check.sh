@@ -132,20 +132,22 @@ fi
 [ -f "$gpu/BUILD.txt" ] && say "programs: $(tr '\n' ' ' < "$gpu/BUILD.txt")"
 
 # ---- verdicts ----
-# gtest_verdict LOG RC: passed (N) | failed (F of N) | skipped (N) | timed out | crashed.
+# gtest_verdict LOG RC: passed (N) | failed (F of N) | skipped (N) | timed out | crashed | no tests. Read from the
+# closing lines of --gtest_brief=1 ("[==========] N tests from M test suites ran.", "[  PASSED  ] N tests.",
+# "[  SKIPPED ] N tests."; a failed test has its "[  FAILED  ] name" line where it ended, and no count).
 gtest_verdict() {
-  local log="$1" rc="$2" ran passed failed skipped
+  local log="$1" rc="$2" ran passed skipped failed
   if timed_out "$rc"; then echo "timed out (limit $cap_tests s)"; return 1; fi
   ran="$(grep -oE '^\[==========\] [0-9]+ tests? from [0-9]+ test suites? ran' "$log" | tail -1 | awk '{print $2}')"
   if [ -z "$ran" ]; then echo "crashed (exit $rc, no summary)"; return 1; fi
   if [ "$ran" = 0 ]; then echo "no tests (the filter matched none)"; return 1; fi
-  passed="$(grep -oE '^\[  PASSED  \] [0-9]+' "$log" | tail -1 | awk '{print $4}')"
-  failed="$(grep -oE '^\[  FAILED  \] [0-9]+ tests?, listed below' "$log" | tail -1 | awk '{print $4}')"
-  skipped="$(grep -oE '^\[  SKIPPED \] [0-9]+ tests?, listed below' "$log" | tail -1 | awk '{print $4}')"
-  if [ -n "$failed" ] && [ "$failed" != 0 ]; then echo "failed ($failed of $ran)"; return 1; fi
-  if [ -n "$skipped" ] && [ "$skipped" != 0 ]; then echo "skipped ($skipped of $ran: no device visible?)"; return 1; fi
-  if [ "$rc" != 0 ]; then echo "failed (exit $rc after ${passed:-0} of $ran passed)"; return 1; fi
-  echo "passed (${passed:-0})"
+  passed="$(grep -oE '^\[  PASSED  \] [0-9]+ tests?' "$log" | tail -1 | awk '{print $4}')"
+  skipped="$(grep -oE '^\[  SKIPPED \] [0-9]+ tests?' "$log" | tail -1 | awk '{print $4}')"
+  failed=$((ran - ${passed:-0} - ${skipped:-0}))
+  if [ "$failed" != 0 ]; then echo "failed ($failed of $ran)"; return 1; fi
+  if [ "${skipped:-0}" != 0 ]; then echo "skipped ($skipped of $ran: no device visible?)"; return 1; fi
+  if [ "$rc" != 0 ]; then echo "failed (exit $rc after $passed of $ran passed)"; return 1; fi
+  echo "passed ($passed)"
 }
 
 # sanitizer_verdict TOOL LOG RC: clean | errors (N) | timed out | unavailable | failed (no summary).

@@ -1,10 +1,11 @@
 # Writes the ctest entries of the device test suites of vwn_cuda_tests (run after each build of it): one entry per
-# suite (a typed suite's shapes together), which runs the suite's tests in one process and is reported skipped
-# when there is no CUDA device. Without a GPU every device test skips at once, so one process start per suite
+# suite (a typed suite's shapes together), which runs the suite's tests in one process (run_device_suite.sh) and is
+# reported skipped when every test of it skipped, as without a CUDA device. Without a GPU every device test skips at once, so one process start per suite
 # replaces one per test. The CPU-only tests (the staged kernels run on the host, CudaRuntime) keep an entry each
 # (gtest_discover_tests in CMakeLists.txt).
 #
-#   cmake -DTEST_EXECUTABLE=<vwn_cuda_tests> -DCTEST_FILE=<output> -DDEVICE_FILTER=<gtest filter> -P device_suites.cmake
+#   cmake -DTEST_EXECUTABLE=<vwn_cuda_tests> -DCTEST_FILE=<output> -DDEVICE_FILTER=<gtest filter> -DBASH=<bash>
+#         -DRUNNER=<run_device_suite.sh> -P device_suites.cmake
 cmake_minimum_required(VERSION 3.21)  # a script: the policies of this version (IN_LIST)
 execute_process(COMMAND "${TEST_EXECUTABLE}" --gtest_list_tests "--gtest_filter=${DEVICE_FILTER}"
                 OUTPUT_VARIABLE listing RESULT_VARIABLE rc TIMEOUT 120)
@@ -32,8 +33,8 @@ endforeach()
 set(content "")
 foreach(name IN LISTS suites)
   string(APPEND content
-    "add_test([=[cuda.${name}]=] [=[${TEST_EXECUTABLE}]=] [=[--gtest_filter=${filter_${name}}]=])\n"
-    "set_tests_properties([=[cuda.${name}]=] PROPERTIES SKIP_REGULAR_EXPRESSION [=[no CUDA device]=] LABELS cuda_device)\n")
+    "add_test([=[cuda.${name}]=] [=[${BASH}]=] [=[${RUNNER}]=] [=[${TEST_EXECUTABLE}]=] [=[${filter_${name}}]=])\n"
+    "set_tests_properties([=[cuda.${name}]=] PROPERTIES SKIP_RETURN_CODE 77 LABELS cuda_device)\n")
 endforeach()
 list(LENGTH suites count)
 if(count EQUAL 0)

@@ -1,7 +1,8 @@
 // Device GHC benchmarks: fused DGHC forward (width connection: one kernel) and backward, the depth
 // connection, and the unfused forward baseline (separate RMSNorm, cuBLAS projection, coefficient and mixing
 // kernels), each beside a device-to-device copy of the same bytes in the same binary. CUDA-event timing
-// (UseManualTime); bytes are the compulsory traffic of vwn::cost (plus DGHC's saved P and 1/rms).
+// (UseManualTime) of back-to-back calls after an L2 flush (device_timing.hpp); bytes are the compulsory traffic
+// of vwn::cost (plus DGHC's saved P and 1/rms).
 // Every benchmark checks its result (the initialisation identity X = H[0:m]) before timing.
 #include <benchmark/benchmark.h>
 
@@ -9,6 +10,8 @@
 #include <string>
 
 #include <vwn/cuda.hpp>
+
+#include "device_timing.hpp"
 
 namespace {
 
@@ -39,17 +42,32 @@ bool skip_without_device(benchmark::State& state) {
   return true;
 }
 
-// Times `run` once per iteration with CUDA events.
+// A CUDA event on the default stream, as vwn_bench::time_per_call records it.
+struct stream_event {
+  vwn::cuda::event e;
+  void record() { e.record(nullptr); }
+  float elapsed_since(const stream_event& start) const { return e.elapsed_since(start.e); }
+};
+
+// Evicts the previous window's data from the L2 cache: writes a buffer of twice its size (an H100 has 50 MB, as
+// much as H at (2,3), D = 1024, 16K tokens), queued before the window opens.
+void flush_l2() {
+  static vwn::cuda::device_buffer<char> buffer = [] {
+    int dev = 0, bytes = 0;
+    VWN_CUDA_CHECK(cudaGetDevice(&dev));
+    VWN_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, dev));
+    return vwn::cuda::device_buffer<char>(2 * std::size_t(bytes));
+  }();
+  VWN_CUDA_CHECK(cudaMemsetAsync(buffer.data(), 0, buffer.size(), nullptr));
+}
+
+// Times `run` per iteration as vwn_bench::time_per_call does: an L2 flush, then calls_per_window calls back to
+// back between two CUDA events; the iteration time is the time of one call.
 template <class F>
 void time_loop(benchmark::State& state, F&& run, double bytes, double flops) {
-  vwn::cuda::event start, stop;
+  stream_event start, stop;
   run();  // warm-up
-  for (auto _ : state) {
-    start.record(nullptr);
-    run();
-    stop.record(nullptr);
-    state.SetIterationTime(double(stop.elapsed_since(start)) / 1e3);
-  }
+  for (auto _ : state) state.SetIterationTime(vwn_bench::time_per_call(start, stop, run, flush_l2) / 1e3);
   state.SetBytesProcessed(std::int64_t(bytes) * state.iterations());
   state.counters["GFLOP/s"] = benchmark::Counter(flops * double(state.iterations()), benchmark::Counter::kIsRate,
                                                  benchmark::Counter::kIs1000);

@@ -125,15 +125,17 @@ void staged_backward_width(const Params& params, Params& grads, int db, vwn::mat
   const d::dghc_coefficient_target<M, N> target{grads.alpha.data(), grads.beta.data(), grads.S_alpha.data(),
                                                 grads.S_beta.data()};
   for (int e = 0; e < 2 * NK; ++e) d::sum_partials_entry(partial.data(), int(blocks), 2 * NK, target, e);
-  const int groups = int(d::token_groups(T));
+  const int groups = int(d::token_groups(T, d::ceil_div(db, d::column_threads)));
   std::vector<float> column_partial(std::size_t(groups) * K * std::size_t(db), std::numeric_limits<float>::quiet_NaN());
   for (int grp = 0; grp < groups; ++grp)
     for (int col = 0; col < db; ++col)
       d::projection_grad_column<M, N>(h.data, H.cols(), ws.rstd.data(), dQ.data(), column_partial.data(), db, T,
                                       groups, col, grp);
+  std::vector<float> A(std::size_t(K) * std::size_t(db), 0.f);  // the groups summed in order, as on the device
+  for (int e = 0; e < K * db; ++e) d::sum_partials_entry(column_partial.data(), groups, K * db, d::plain_target{A.data()}, e);
   for (int col = 0; col < db; ++col)
-    d::projection_grad_finish_column<M, N>(column_partial.data(), groups, db, p, grads.W_alpha.data(),
-                                           grads.W_beta.data(), grads.g.data(), col);
+    d::projection_grad_finish_column<M, N>(A.data(), 1, db, p, grads.W_alpha.data(), grads.W_beta.data(),
+                                           grads.g.data(), col);
 }
 
 // The host module of the back end's storage.

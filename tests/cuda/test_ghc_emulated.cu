@@ -57,6 +57,51 @@ TEST(StagedWidth, VectorPathOnlyWhereTheLayoutAllows) {
   EXPECT_FALSE(d::staged_width_vector<vwn::cuda::bf16>(4, {{buf, 12}, {buf, 8}, {buf, 12}}));  // 24-byte strides
 }
 
+// The four-value store of the staged kernels' vector path: the values rounded to the storage type, in memory order,
+// the neighbours untouched; the packed vector is built from the values' bits (the device stores it as one 16- or
+// 8-byte word, the host copies it).
+template <class S>
+void store4_writes_in_order() {
+  std::mt19937_64 gen(vwn_test::fresh_seed());
+  std::normal_distribution<float> nd(0.f, 3.f);
+  alignas(16) S out[12];
+  for (int round = 0; round < 8; ++round) {
+    const float v[4] = {nd(gen), nd(gen), nd(gen), nd(gen)};
+    for (auto& o : out) o = vwn::cuda::from_float<S>(-99.f);
+    d::store4(out + 4, v);
+    for (int i = 0; i < 12; ++i) {
+      const float want = i >= 4 && i < 8 ? vwn::cuda::to_float(vwn::cuda::from_float<S>(v[i - 4])) : -99.f;
+      EXPECT_EQ(vwn::cuda::to_float(out[i]), want) << "element " << i << ", values " << v[0] << " " << v[1] << " "
+                                                   << v[2] << " " << v[3];
+    }
+  }
+}
+
+TEST(StagedWidth, Store4WritesTheRoundedValuesInOrder) {
+  store4_writes_in_order<float>();
+  store4_writes_in_order<vwn::cuda::bf16>();
+  static_assert(std::is_same_v<decltype(d::pack4<float>({1, 2, 3, 4})), uint4>);
+  static_assert(std::is_same_v<decltype(d::pack4<vwn::cuda::bf16>({1, 2, 3, 4})), uint2>);
+}
+
+// The token groups of the column reductions: about column_grid blocks with the column blocks, between min_groups
+// and max_groups, never more than the tokens (every group at least one token); a function of T and the width only.
+TEST(StagedWidth, TokenGroupsFillTheColumnGrid) {
+  for (const vwn::index_t T : {1, 5, 37, 127, 128, 129, 4133, 16384, 65536})
+    for (const vwn::index_t cols : {1, 2, 4, 8, 16, 17, 64}) {
+      const vwn::index_t g = d::token_groups(T, cols);
+      SCOPED_TRACE("T " + std::to_string(T) + ", column blocks " + std::to_string(cols) + ": " + std::to_string(g));
+      EXPECT_GE(g, 1);
+      EXPECT_LE(g, T);
+      EXPECT_LE(g, d::max_groups);
+      EXPECT_GE(g, std::min(T, d::min_groups));
+      if (T >= d::max_groups) EXPECT_TRUE(g * cols >= d::column_grid || g == d::max_groups);
+    }
+  EXPECT_EQ(d::token_groups(16384, 4), 512u);   // (2,3) at D = 1024: db 512, four column blocks
+  EXPECT_EQ(d::token_groups(16384, 16), 128u);  // (2,3) at D = 4096: sixteen column blocks
+  EXPECT_EQ(d::token_groups(4133, 1), 1024u);   // the long sequence at db 15: about four tokens a group
+}
+
 // Shared memory of the staged kernel at the shapes docs/cuda.md tabulates (D = 4096, bf16): within an H100's 227 KiB.
 TEST(StagedWidth, SharedMemoryOfTheDocumentedShapes) {
   EXPECT_EQ((d::staged_width_layout<2, 3, vwn::cuda::bf16, true>::slab_bytes(2048)), 3u * 2048 * 2);

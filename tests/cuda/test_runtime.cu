@@ -4,6 +4,8 @@
 
 #include <primitives/modules_body.hpp>
 
+#include <device_timing.hpp>
+
 namespace {
 
 using vwn::index_t;
@@ -66,7 +68,86 @@ TEST(CudaRuntime, GemmRefusesSizesThatDoNotFitAnInt) {
   EXPECT_NE(ld.find("leading dimension of A: expected 0 .. 2147483647"), std::string::npos) << ld;
 }
 
+// The math mode of vwn's GEMMs keeps float sums throughout (no TF32, no split-K partials in bf16), whatever the
+// handle's own mode; checked without a GPU.
+TEST(CudaRuntime, GemmMathModeDisallowsReducedPrecision) {
+  using vwn::cuda::detail::gemm_math_mode;
+  EXPECT_NE(int(gemm_math_mode & CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION), 0);
+  EXPECT_EQ(int(gemm_math_mode & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION), int(CUBLAS_DEFAULT_MATH));
+}
+
+// The device benchmarks' timing structure: the L2 flush before the window opens, nothing but the benchmarked calls
+// inside it, back to back, and the time of one call reported.
+TEST(CudaRuntime, BenchmarkWindowHoldsBackToBackCallsAfterAFlush) {
+  std::vector<std::string> seen;
+  struct recorder {
+    std::vector<std::string>* seen;
+    const char* name;
+    void record() { seen->push_back(name); }
+    float elapsed_since(const recorder& start) const {
+      EXPECT_STREQ(start.name, "start");
+      return 40.f;
+    }
+  };
+  recorder start{&seen, "start"}, stop{&seen, "stop"};
+  const double per_call = vwn_bench::time_per_call(start, stop, [&] { seen.push_back("call"); },
+                                                   [&] { seen.push_back("flush"); });
+  std::vector<std::string> expected{"flush", "start"};
+  expected.insert(expected.end(), vwn_bench::calls_per_window, "call");
+  expected.push_back("stop");
+  EXPECT_EQ(seen, expected);
+  EXPECT_GT(vwn_bench::calls_per_window, 1);
+  EXPECT_EQ(per_call, 40.0 / vwn_bench::calls_per_window);
+}
+
 class CudaRuntimeDevice : public vwn_test::backend_test<vwn_test::device_backend<float>> {};
+
+cublasMath_t math_mode(cublasHandle_t h) {
+  cublasMath_t m{};
+  VWN_CUDA_CHECK(cublasGetMathMode(h, &m));
+  return m;
+}
+
+// The mode is set on the handle the library uses (the default one, or the caller's through device.with) while a
+// GEMM runs, and the caller's mode is given back after it.
+TEST_F(CudaRuntimeDevice, GemmMathModeIsSetOnTheHandleAndRestored) {
+  vwn::cuda::blas_handle own;
+  for (const cublasHandle_t h : {own.get(), vwn::cuda::device.blas()}) {
+    for (const cublasMath_t caller : {CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH, vwn::cuda::detail::gemm_math_mode}) {
+      VWN_CUDA_CHECK(cublasSetMathMode(h, caller));
+      {
+        const vwn::cuda::detail::gemm_math_scope scope(h);
+        EXPECT_EQ(math_mode(h), vwn::cuda::detail::gemm_math_mode);
+      }
+      EXPECT_EQ(math_mode(h), caller);
+    }
+    VWN_CUDA_CHECK(cublasSetMathMode(h, CUBLAS_TF32_TENSOR_OP_MATH));
+    vwn::cuda::device_buffer<float> a(4), b(4), c(4);
+    vwn::cuda::detail::gemm(h, false, false, 2, 2, 2, 1.f, a.data(), CUDA_R_32F, 2, b.data(), CUDA_R_32F, 2, 0.f,
+                            c.data(), CUDA_R_32F, 2);
+    EXPECT_EQ(math_mode(h), CUBLAS_TF32_TENSOR_OP_MATH);
+    VWN_CUDA_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+  }
+}
+
+// A bf16-output GEMM with a long inner dimension and a small output (the shape cuBLAS splits over k): every entry is
+// the float sum rounded once to bf16, within the bf16 output tolerance of the exact sum (a reduction of split-K
+// partials in bf16 would be off by several units in the last place).
+TEST_F(CudaRuntimeDevice, Bf16GemmSumsInFloatAndRoundsOnce) {
+  using bf = vwn_test::device_backend<bf16>;
+  std::mt19937_64 gen(vwn_test::fresh_seed());
+  const index_t m = 16, n = 16, k = 65536;
+  vwn::matrix<double> A = vwn_test::randn<double>(m, k, gen), B = vwn_test::randn<double>(k, n, gen);
+  for (index_t i = 0; i < A.size(); ++i) A.data()[i] = bf::round(A.data()[i]);
+  for (index_t i = 0; i < B.size(); ++i) B.data()[i] = bf::round(B.data()[i]);
+  const auto dA = bf::upload(A), dB = bf::upload(B);
+  auto C = bf::poisoned(m, n);
+  vwn::cuda::device.synchronize();
+  vwn::cuda::detail::gemm(vwn::cuda::device.blas(), false, false, m, n, k, 1.f, dA.data(), CUDA_R_16BF, k, dB.data(),
+                          CUDA_R_16BF, n, 0.f, C.data(), CUDA_R_16BF, n);
+  const vwn::matrix<double> ref = A * B;
+  EXPECT_TRUE(vwn_test::near(bf::download(C), ref, bf::output_tolerance));
+}
 
 TEST_F(CudaRuntimeDevice, RoundTripAndPoison) {
   using bf = vwn_test::device_backend<bf16>;
@@ -97,6 +178,9 @@ TEST_F(CudaRuntimeDevice, ModulesAreReadyForAnyStreamWhenConstructed) {
     vwn::cuda::dghc<2, 3, float>::workspace ws;
     auto X = be::poisoned(T, D), C = be::poisoned(T, Dw), Ho = be::poisoned(T, Dw), dZ = be::poisoned(T, D),
          dH = be::poisoned(T, Dw);
+    // The poisons were queued on the legacy default stream, which the non-blocking stream does not wait for: done
+    // before the layer writes these outputs, or a late poison could overwrite them.
+    vwn::cuda::device.synchronize();
     layer.forward_width(on, H, X, C, ws);
     layer.forward_depth(on, Z, C, Ho, ws);
     for (int r = 0; r < runs; ++r) {

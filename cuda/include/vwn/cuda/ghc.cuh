@@ -499,8 +499,9 @@ __global__ void __launch_bounds__(column_threads)
   if (d < db) projection_grad_column<M, N>(H, ldH, rstd, dQ, partial, db, T, groups, d, grp);
 }
 
-// Projection gradient, second pass: sums the groups in order, adds d W_alpha, d W_beta and d g. One thread's work
-// (column d):
+// Projection gradient, last pass: sums the `groups` rows of partials in order into A[k][d] and adds d W_alpha,
+// d W_beta and d g. The backward passes it A already summed over the token groups (groups = 1), one thread per
+// entry of A (sum_partials), so that this pass, one thread per column, reads K values. One thread's work (column d):
 template <int M, int N>
 VWN_HOST_DEVICE void projection_grad_finish_column(const float* partial, int groups, int db, const ghc_param_ptrs& p,
                                                    float* dW_alpha, float* dW_beta, float* dg, int d) {
@@ -808,17 +809,21 @@ class basic_ghc : public widths<M, N> {
       detail::sum_partials(policy.stream(), ws.partial.data(), blocks, 2 * N * K,
                            detail::dghc_coefficient_target<M, N>{grads.alpha(), grads.beta(), grads.S_alpha(),
                                                                 grads.S_beta()});
-      const unsigned groups = detail::token_groups(T);
-      ws.column_partial.resize(std::size_t(groups) * K * std::size_t(db_));
-      const dim3 grid(unsigned(detail::ceil_div(db_, detail::column_threads)), groups);
+      // The column pass over token groups, then the groups summed in order into A (K x db, after the groups'
+      // partials), one thread per entry, then the gradients from A.
+      const index_t column_blocks = detail::ceil_div(db_, detail::column_threads), KD = K * db_;
+      const unsigned groups = detail::token_groups(T, column_blocks);
+      ws.column_partial.resize(std::size_t((index_t(groups) + 1) * KD));
+      float* A = ws.column_partial.data() + std::size_t(index_t(groups) * KD);
+      const dim3 grid(unsigned(column_blocks), groups);
       detail::dghc_projection_grad_kernel<M, N, S><<<grid, detail::column_threads, 0, policy.stream()>>>(
           H.data(), H.outerStride(), ws.rstd.data(), ws.dQ.data(), ws.column_partial.data(), int(db_), T,
           int(groups));
       VWN_CUDA_CHECK_LAUNCH();
-      detail::dghc_projection_grad_finish<M, N>
-          <<<unsigned(detail::ceil_div(db_, detail::column_threads)), detail::column_threads, 0, policy.stream()>>>(
-              ws.column_partial.data(), int(groups), int(db_), params.pointers(), grads.W_alpha(), grads.W_beta(),
-              grads.g());
+      VWN_CUDA_CHECK(cudaMemsetAsync(A, 0, std::size_t(KD) * sizeof(float), policy.stream()));
+      detail::sum_partials(policy.stream(), ws.column_partial.data(), groups, int(KD), detail::plain_target{A});
+      detail::dghc_projection_grad_finish<M, N><<<unsigned(column_blocks), detail::column_threads, 0, policy.stream()>>>(
+          A, 1, int(db_), params.pointers(), grads.W_alpha(), grads.W_beta(), grads.g());
       VWN_CUDA_CHECK_LAUNCH();
     } else {
       ws.partial.resize(std::size_t(blocks) * N * (M + N));

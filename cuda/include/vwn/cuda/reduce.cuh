@@ -238,9 +238,9 @@ class reduce_head : public widths<M, N> {
             H.data(), H.outerStride(), ws.dnormed.data(), params.gn_weight.data(), ws.mean.data(), ws.rstd.data(),
             dH.data(), dH.outerStride(), int(D_), groups);
         VWN_CUDA_CHECK_LAUNCH();
-        const unsigned tg = detail::token_groups(T);
-        ws.partial.resize(std::size_t(tg) * 2 * std::size_t(wide_width()));
         const unsigned cols = unsigned(detail::ceil_div(wide_width(), detail::column_threads));
+        const unsigned tg = detail::token_groups(T, cols);
+        ws.partial.resize(std::size_t(tg) * 2 * std::size_t(wide_width()));
         detail::groupnorm_affine_grad_kernel<S><<<dim3(cols, tg), detail::column_threads, 0, policy.stream()>>>(
             H.data(), H.outerStride(), ws.dnormed.data(), ws.mean.data(), ws.rstd.data(), ws.partial.data(), int(D_),
             groups, T, int(tg));

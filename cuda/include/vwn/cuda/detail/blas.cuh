@@ -11,9 +11,38 @@
 
 namespace vwn::cuda::detail {
 
+/// The cuBLAS math mode of every vwn GEMM: the default math (no TF32) with reduced-precision reductions disallowed,
+/// so that a GEMM with a bf16 output never sums split-K partials in bf16: the sums are float throughout and the
+/// result is rounded once, as the host simulation of the bf16 device (and its tolerances) assume.
+inline constexpr cublasMath_t gemm_math_mode =
+    cublasMath_t(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
+
+/// Puts a cuBLAS handle in `gemm_math_mode` for the scope's lifetime and gives it back its previous mode after
+/// (the handle may be the caller's, `device.with(handle)`). Nothing is changed when the mode is already right.
+class gemm_math_scope {
+ public:
+  explicit gemm_math_scope(cublasHandle_t h) : h_(h) {
+    VWN_CUDA_CHECK(cublasGetMathMode(h_, &previous_));
+    if (previous_ != gemm_math_mode) {
+      VWN_CUDA_CHECK(cublasSetMathMode(h_, gemm_math_mode));
+      restore_ = true;
+    }
+  }
+  ~gemm_math_scope() {
+    if (restore_) static_cast<void>(cublasSetMathMode(h_, previous_));  // a destructor never throws
+  }
+  gemm_math_scope(const gemm_math_scope&) = delete;
+  gemm_math_scope& operator=(const gemm_math_scope&) = delete;
+
+ private:
+  cublasHandle_t h_;
+  cublasMath_t previous_ = CUBLAS_DEFAULT_MATH;
+  bool restore_ = false;
+};
+
 /// Row-major `C (m x n) = alpha op(A) op(B) + beta C` with `op(A)` of `m x k`; leading dimensions are row
 /// strides. A row-major X is the column-major X^T, so this is cuBLAS's `C^T = op(B)^T op(A)^T`.
-/// Accumulates in float (CUBLAS_COMPUTE_32F, no TF32). cuBLAS takes sizes and leading dimensions as `int`: one
+/// Accumulates in float (CUBLAS_COMPUTE_32F, no TF32, no reduced-precision split-K: `gemm_math_mode`). cuBLAS takes sizes and leading dimensions as `int`: one
 /// that does not fit throws `std::invalid_argument` naming it (e.g. a batch of more than 2^31 slot rows).
 inline void gemm(cublasHandle_t h, bool transA, bool transB, index_t m, index_t n, index_t k, float alpha,
                  const void* A, cudaDataType_t Atype, index_t lda, const void* B, cudaDataType_t Btype, index_t ldb,
@@ -25,6 +54,7 @@ inline void gemm(cublasHandle_t h, bool transA, bool transB, index_t m, index_t 
   const int ik = checked_int(where, "inner size k", k), ia = checked_int(where, "leading dimension of A", lda);
   const int ib = checked_int(where, "leading dimension of B", ldb);
   const int ic = checked_int(where, "leading dimension of C", ldc);
+  const gemm_math_scope math(h);
   VWN_CUDA_CHECK(cublasGemmEx(h, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, in, im, ik,
                               &alpha, B, Btype, ib, A, Atype, ia, &beta, C, Ctype, ic, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT));

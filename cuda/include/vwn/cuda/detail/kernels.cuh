@@ -30,15 +30,22 @@ inline constexpr int tile_ld = chunk + 1;
 /// Upper bound on the blocks of a token-loop kernel. The grid is min(T, max_blocks); it depends on T only,
 /// so the per-block gradient partials (and the summed result) do not depend on the device.
 inline constexpr index_t max_blocks = 1024;
-/// Token groups of the column reductions over tokens (dynamic GHC projection gradient, GroupNorm affine).
-inline constexpr index_t max_groups = 128;
+/// Token groups of the column reductions over tokens (dynamic GHC projection gradient, GroupNorm affine): at least
+/// `min_groups` and at most `max_groups`, as many as give `column_grid` blocks with the column blocks (a full
+/// H100 or H200: 132 SMs x 16 blocks of 128 threads), never more than the tokens.
+inline constexpr index_t min_groups = 128, max_groups = 1024, column_grid = 2048;
 
 /// Blocks of a token-loop kernel over T tokens.
 inline unsigned token_blocks(index_t T) { return unsigned(T < max_blocks ? T : max_blocks); }
-/// Token groups of a column reduction over T tokens.
-inline unsigned token_groups(index_t T) { return unsigned(T < max_groups ? T : max_groups); }
 /// Ceiling division.
 constexpr index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+/// Token groups of a column reduction over T tokens whose columns take `column_blocks` blocks. The partition
+/// depends on T and the width only, so the sums (added in group order) are the same on every device.
+inline unsigned token_groups(index_t T, index_t column_blocks) {
+  index_t g = ceil_div(column_grid, column_blocks > 0 ? column_blocks : 1);
+  g = g < min_groups ? min_groups : g > max_groups ? max_groups : g;
+  return unsigned(T < g ? T : g);
+}
 
 /// Coefficient accessor of the math layer over a row-major block in shared memory: `(j, k) -> p[j * ld + k]`.
 struct coefficient_block {

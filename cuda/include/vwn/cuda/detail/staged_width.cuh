@@ -16,6 +16,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <memory>
+#include <type_traits>
 
 #include <vwn/math/ghc.hpp>
 #include <vwn/math/norm.hpp>
@@ -66,17 +67,44 @@ VWN_HOST_DEVICE void copy16(void* dst, const void* src) {
 #endif
 }
 
+/// The bits of a stored value, as an unsigned integer (no type punning: `__float_as_uint`, `__bfloat16_as_ushort`).
+VWN_HOST_DEVICE unsigned stored_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  unsigned u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+#endif
+}
+/// The bits of a stored value, as an unsigned integer (no type punning: `__float_as_uint`, `__bfloat16_as_ushort`).
+VWN_HOST_DEVICE unsigned stored_bits(bf16 x) { return unsigned(__bfloat16_as_ushort(x)); }
+
+/// Four values rounded to `S` and packed into one vector, element 0 in the lowest bytes (the order of memory on a
+/// little-endian machine): a `uint4` for float, a `uint2` for bf16. Built from the values' bits, so no array of
+/// `S` is ever read through a vector type.
+template <class S>
+VWN_HOST_DEVICE auto pack4(const float (&v)[4]) {
+  if constexpr (sizeof(S) == 4) {
+    return uint4{stored_bits(from_float<S>(v[0])), stored_bits(from_float<S>(v[1])), stored_bits(from_float<S>(v[2])),
+                 stored_bits(from_float<S>(v[3]))};
+  } else {
+    static_assert(sizeof(S) == 2, "storage of 4 or 2 bytes");
+    return uint2{stored_bits(from_float<S>(v[0])) | stored_bits(from_float<S>(v[1])) << 16,
+                 stored_bits(from_float<S>(v[2])) | stored_bits(from_float<S>(v[3])) << 16};
+  }
+}
+
 /// Stores four values of `S` at an address aligned to four of them (one 16- or 8-byte store on the device).
 template <class S>
 VWN_HOST_DEVICE void store4(S* dst, const float (&v)[4]) {
-  S s[4] = {from_float<S>(v[0]), from_float<S>(v[1]), from_float<S>(v[2]), from_float<S>(v[3])};
+  const auto packed = pack4<S>(v);
+  using vector = std::remove_const_t<decltype(packed)>;
+  static_assert(sizeof(vector) == 4 * sizeof(S));
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(S) == 4)
-    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(s);
-  else
-    *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(s);
+  *reinterpret_cast<vector*>(dst) = packed;
 #else
-  std::memcpy(dst, s, sizeof(s));
+  std::memcpy(static_cast<void*>(dst), &packed, sizeof(packed));
 #endif
 }
 

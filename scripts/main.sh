@@ -5,7 +5,8 @@
 # Ends with the validation losses, the loss plot and a text sample (see docs/checkpoint.md for the output files).
 # Extra arguments go to vwn-train and override the defaults below (e.g. --steps 100, or --m 1 --n 1
 # --static --no-mtp for the plain transformer); run build/examples/vwn-train --help for all of them.
-# Build folder: $VWN_BUILD_DIR (default: build); output folder: $VWN_OUT_DIR (default: out).
+# Build folder: $VWN_BUILD_DIR (default: build; scripts/test.sh configures the same folder with every part and shape,
+# so alternating the two rebuilds: give one of them its own folder); output folder: $VWN_OUT_DIR (default: out).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

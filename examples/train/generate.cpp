@@ -16,8 +16,13 @@ std::string generate(model::transformer<float>& m, std::string_view prompt, cons
   for (unsigned char c : (prompt.empty() ? std::string_view("\n") : prompt)) ctx.push_back(c);
   rng r(o.seed);
   std::string out;
+  // The cache path feeds the prompt once, then each sampled byte; the reference path runs the window every time.
+  model::transformer<float>::kv_cache cache = m.make_cache();
+  std::vector<float> logits;
+  if (o.cache)
+    for (const std::int32_t t : ctx) logits = m.decode(cache, t);
   for (index_t i = 0; i < o.tokens && !(o.stop && *o.stop); ++i) {
-    const std::vector<float> logits = m.next_logits(ctx);
+    if (!o.cache) logits = m.next_logits(ctx);
     const index_t V = index_t(logits.size());
     std::vector<index_t> order(static_cast<std::size_t>(V));
     for (index_t v = 0; v < V; ++v) order[std::size_t(v)] = v;
@@ -41,6 +46,7 @@ std::string generate(model::transformer<float>& m, std::string_view prompt, cons
     }
     ctx.push_back(std::int32_t(pick));
     out.push_back(static_cast<char>(static_cast<unsigned char>(pick)));
+    if (o.cache && i + 1 < o.tokens) logits = m.decode(cache, std::int32_t(pick));
   }
   return out;
 }

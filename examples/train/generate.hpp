@@ -19,6 +19,10 @@ struct sample_options {
   std::uint64_t seed = 1;     ///< sampling seed
   /// When set, generation stops early, returning the bytes so far, once `*stop` is nonzero (a signal handler's flag).
   const volatile std::sig_atomic_t* stop = nullptr;
+  /// Incremental decoding with a key/value cache (`transformer::decode`: one token through the model per byte; past
+  /// the context, the window restarts from its last half). Off: the whole window of the last `context` bytes is run
+  /// again for every byte (`transformer::next_logits`), as a reference.
+  bool cache = true;
 };
 
 /// Generates `o.tokens` bytes after `prompt` (an empty prompt starts from a newline, which is not part of

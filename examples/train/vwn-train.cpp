@@ -154,7 +154,7 @@ int run(int argc, char** argv) {
   train::trainer t = opt.resume ? train::trainer::resume(*opt.resume, s, corpus) : train::trainer(s, corpus);
   const bool mtp = s.model.mtp;
 
-  std::cout << "vwn-train: " << t.model().name() << ", " << count(double(t.model().parameter_count()))
+  std::cout << "vwn-train: " << t.model().title() << ", " << count(double(t.model().parameter_count()))
             << " parameters, " << threads << " thread" << (threads == 1 ? "" : "s") << "\n"
             << train::describe(s) << "data     " << corpus.source() << ": " << corpus.size() << " bytes (train "
             << corpus.train().size() << ", validation " << corpus.validation().size() << ")\n"
@@ -242,7 +242,7 @@ int run(int argc, char** argv) {
             << "validation after step " << t.steps_done() << ": " << eval_text(*last_eval, mtp) << "\n"
             << "checkpoint: " << checkpoint_path.string() << "\n";
 
-  const std::string plot_problem = train::plot_losses(train::csv_log::read(folder.log_path()), png, t.model().name());
+  const std::string plot_problem = train::plot_losses(train::csv_log::read(folder.log_path()), png, t.model().title());
   if (plot_problem.empty())
     std::cout << "loss plot: " << png.string() << "\n";
   else

@@ -115,6 +115,11 @@ class transformer {
     return "vwn::model::transformer<" + std::to_string(shape.m) + "," + std::to_string(shape.n) +
            (shape.dynamic ? ",dynamic>" : ",static>");
   }
+  /// The run's shape and size in words, for banners and plot titles: "(2,3) dynamic GHC, D = 128, 4 layers, MTP".
+  std::string title() const {
+    return cfg_.shape.label() + " GHC, D = " + std::to_string(cfg_.width) + ", " + std::to_string(cfg_.layers) +
+           (cfg_.layers == 1 ? " layer" : " layers") + (cfg_.mtp ? ", MTP" : "");
+  }
   /// Block width `db = D / m`.
   index_t block_width() const { return cfg_.width / cfg_.shape.m; }
   /// Over-width `D'`.
@@ -161,9 +166,46 @@ class transformer {
   /// Backward of the last forward: accumulates every parameter gradient (of `total`).
   void backward(host_t);
 
+  /// The state of incremental decoding (`decode`): per block, the keys (after RoPE) and the values of the tokens fed
+  /// so far, at most `context` of them, and the rows of one step. Only attention looks back at earlier tokens: the
+  /// embedding, every GHC (its over-width state included), the norms, the FFN and the head act on each token alone, so
+  /// keys and values are all there is to keep. Made by `make_cache`, for the model that made it.
+  class kv_cache {
+   public:
+    /// The tokens whose keys and values are held, oldest first: the window the next logits of `decode` see.
+    std::span<const std::int32_t> tokens() const { return tokens_; }
+
+   private:
+    friend class transformer;
+    shape_choice shape_{};               // the shape of the model that made it (its GHC states are of that shape)
+    std::vector<mat> k_, v_;             // per block (context, D): rows 0 .. tokens_.size()-1 filled
+    std::vector<std::int32_t> tokens_;
+    mat H_, H_mid_, X_, C_, a_, qkv_, o_, z_, h_, hn_, logits_;  // one token's rows: (1, D'), (1, D), (1, 3D), (1, V)
+    std::unique_ptr<typename ghc_layer<Scalar>::state> ws_ghc_;  // each GHC's forward_width then forward_depth
+    std::unique_ptr<typename head_layer<Scalar>::state> ws_head_;
+    typename nn::rmsnorm<Scalar>::workspace ws_norm_;
+    typename nn::swiglu<Scalar>::workspace ws_ffn_;
+  };
+
+  /// An empty key/value cache for `decode`.
+  kv_cache make_cache() const;
+
+  /// Incremental decoding: feeds `token` (in `[0, V)`) after the tokens the cache holds, and returns the next-token
+  /// logits (`V` values) after them all: those of `next_logits(cache.tokens())` (after this call), up to the order of
+  /// the sums in the products, at the cost of one token through the model plus attention over the cached keys,
+  /// instead of a forward over the whole window. When the cache already holds `context` tokens, it first keeps only
+  /// the last `context / 2` (feeding them again from an empty cache, since RoPE positions and every later layer's keys
+  /// start over with the window): on average about two tokens through the model per call. Reads the current
+  /// parameters; leaves the saved activations and gradients of the model untouched.
+  std::vector<Scalar> decode(kv_cache& cache, std::int32_t token) const;
+
  private:
   // Builds the evaluation copy of next_logits on first use and copies the current parameters into it.
   void sync_probe();
+
+  // One decoding step: appends `token` to the cache (which holds fewer than `context` tokens), with the logits when
+  // `logits` is set.
+  void decode_step(kv_cache& cache, std::int32_t token, bool logits) const;
 
   // Per-head state of the output head (the head's parameters are shared by the main and MTP passes).
   struct head_state {
@@ -390,6 +432,74 @@ void transformer<Scalar>::backward(host_t) {
     dH.swap(dprev);
   }
   embed_backward(inputs_, dH);
+}
+
+template <class Scalar>
+typename transformer<Scalar>::kv_cache transformer<Scalar>::make_cache() const {
+  kv_cache c;
+  c.shape_ = cfg_.shape;
+  for (std::size_t l = 0; l < blocks_.size(); ++l) {
+    c.k_.emplace_back(cfg_.context, cfg_.width);
+    c.v_.emplace_back(cfg_.context, cfg_.width);
+  }
+  c.tokens_.reserve(static_cast<std::size_t>(cfg_.context));
+  c.ws_ghc_ = blocks_.front()->ghc_attn->make_state();
+  c.ws_head_ = head_->make_state();
+  return c;
+}
+
+template <class Scalar>
+std::vector<Scalar> transformer<Scalar>::decode(kv_cache& cache, std::int32_t token) const {
+  const std::string where = name() + "::decode";
+  if (token < 0 || token >= cfg_.vocab)
+    detail::fail(where, "token", "a value in [0, " + std::to_string(cfg_.vocab) + ")", std::to_string(token));
+  if (!cache.ws_ghc_ || !(cache.shape_ == cfg_.shape) || cache.k_.size() != blocks_.size() ||
+      cache.k_.front().rows() != cfg_.context || cache.k_.front().cols() != cfg_.width)
+    detail::fail(where, "cache", "one made by make_cache() of this model (" + cfg_.shape.label() + ", " +
+                 std::to_string(blocks_.size()) + " blocks of width " + std::to_string(cfg_.width) + ", context " +
+                 std::to_string(cfg_.context) + ")",
+                 cache.ws_ghc_ ? "one for " + cache.shape_.label() + ", " + std::to_string(cache.k_.size()) +
+                                     " blocks of width " + std::to_string(cache.k_.front().cols()) + ", context " +
+                                     std::to_string(cache.k_.front().rows())
+                               : std::string("an empty one"));
+  const detail::eigen_serial serial;  // one token's rows: nothing to split
+  if (index_t(cache.tokens_.size()) == cfg_.context) {
+    const std::vector<std::int32_t> keep(cache.tokens_.end() - cfg_.context / 2, cache.tokens_.end());
+    cache.tokens_.clear();
+    for (const std::int32_t t : keep) decode_step(cache, t, false);
+  }
+  decode_step(cache, token, true);
+  return std::vector<Scalar>(cache.logits_.data(), cache.logits_.data() + cfg_.vocab);
+}
+
+template <class Scalar>
+void transformer<Scalar>::decode_step(kv_cache& c, std::int32_t token, bool logits) const {
+  const index_t p = index_t(c.tokens_.size()), D = cfg_.width, Dw = wide_width();  // p: the token's position
+  c.H_.resize(1, Dw), c.H_mid_.resize(1, Dw), c.X_.resize(1, D), c.C_.resize(1, Dw), c.a_.resize(1, D),
+      c.qkv_.resize(1, 3 * D), c.o_.resize(1, D), c.z_.resize(1, D);
+  embed(std::span<const std::int32_t>(&token, 1), c.H_);  // (1, D')
+  for (std::size_t l = 0; l < blocks_.size(); ++l) {
+    const block& b = *blocks_[l];
+    b.ghc_attn->forward_width(c.H_, c.X_, c.C_, *c.ws_ghc_);
+    b.attn_norm.forward(host, c.X_, c.a_, c.ws_norm_);
+    b.qkv.forward(host, c.a_, c.qkv_);
+    rope_.forward_at(host, c.qkv_.leftCols(2 * D), p);  // q and k of this position
+    c.k_[l].row(p) = c.qkv_.middleCols(D, D);
+    c.v_[l].row(p) = c.qkv_.rightCols(D);
+    attn_.forward_last(host, c.qkv_.leftCols(D), c.k_[l].topRows(p + 1), c.v_[l].topRows(p + 1), c.o_);
+    b.proj.forward(host, c.o_, c.z_);
+    b.ghc_attn->forward_depth(c.z_, c.C_, c.H_mid_, *c.ws_ghc_);
+    b.ghc_ffn->forward_width(c.H_mid_, c.X_, c.C_, *c.ws_ghc_);
+    b.ffn_norm.forward(host, c.X_, c.a_, c.ws_norm_);
+    b.ffn.forward(host, c.a_, c.z_, c.ws_ffn_);
+    b.ghc_ffn->forward_depth(c.z_, c.C_, c.H_, *c.ws_ghc_);
+  }
+  c.tokens_.push_back(token);
+  if (!logits) return;
+  c.h_.resize(1, D), c.hn_.resize(1, D), c.logits_.resize(1, cfg_.vocab);
+  head_->forward(c.H_, c.h_, *c.ws_head_);
+  final_norm_.forward(host, c.h_, c.hn_, c.ws_norm_);
+  out_.forward(host, c.hn_, c.logits_);
 }
 
 template <class Scalar>

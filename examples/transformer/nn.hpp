@@ -268,33 +268,50 @@ class rope {
     apply("vwn::nn::rope::backward", dx, T, Scalar(-1));
   }
 
+  /// Rotates every row of `x` (`N x (heads*hd)`) in place as the token at `position` (`0 <= position < max_tokens`):
+  /// the rotation `forward` gives row `position` of a sequence, for incremental decoding.
+  void forward_at(host_t, matrix_ref<Scalar> x, index_t position) const {
+    const std::string_view where = "vwn::nn::rope::forward_at";
+    check_width(where, x);
+    if (position < 0 || position >= max_tokens())
+      detail::fail(where, "position", "0 <= position < " + std::to_string(max_tokens()) + " (the table size)",
+                   std::to_string(position));
+    for (index_t r = 0; r < x.rows(); ++r) rotate(detail::row_ptr(x, r), x.cols() / hd_, position, Scalar(1));
+  }
+
  private:
-  void apply(std::string_view where, matrix_ref<Scalar> x, index_t T, Scalar sign) const {
+  void check_width(std::string_view where, matrix_ref<Scalar> x) const {
     if (x.rows() == 0) detail::fail(where, "x token count", "at least 1 token", "0 (empty batch)");
     if (x.cols() == 0 || x.cols() % hd_ != 0)
       detail::fail(where, "x width", "a positive multiple of the head width " + std::to_string(hd_),
                    std::to_string(x.cols()) + " columns");
+  }
+
+  void apply(std::string_view where, matrix_ref<Scalar> x, index_t T, Scalar sign) const {
+    check_width(where, x);
     detail::expect_sequences(where, "x", x.rows(), T);
     if (T > max_tokens())
       detail::fail(where, "sequence length T", "at most " + std::to_string(max_tokens()) + " (the table size)",
                    "T = " + std::to_string(T));
-    const index_t heads = x.cols() / hd_, half = hd_ / 2;
+    const index_t heads = x.cols() / hd_;
     detail::for_ranges(x.rows(), detail::elementwise_tasks, [&](index_t r0, index_t r1) {
-      for (index_t r = r0; r < r1; ++r) {
-        const index_t p = r % T;
-        Scalar* row = detail::row_ptr(x, r);
-        for (index_t h = 0; h < heads; ++h) {
-          Scalar* x1 = row + h * hd_;  // (hd/2) first halves
-          Scalar* x2 = x1 + half;      // (hd/2) second halves
-          for (index_t i = 0; i < half; ++i) {
-            const Scalar c = cos_(p, i), s = sign * sin_(p, i);
-            const Scalar a = x1[i], b = x2[i];
-            x1[i] = a * c - b * s;
-            x2[i] = a * s + b * c;
-          }
-        }
-      }
+      for (index_t r = r0; r < r1; ++r) rotate(detail::row_ptr(x, r), heads, r % T, sign);
     });
+  }
+
+  // Rotates the `heads` heads of one row as position `p` (by the inverse angles for sign -1).
+  void rotate(Scalar* row, index_t heads, index_t p, Scalar sign) const {
+    const index_t half = hd_ / 2;
+    for (index_t h = 0; h < heads; ++h) {
+      Scalar* x1 = row + h * hd_;  // (hd/2) first halves
+      Scalar* x2 = x1 + half;      // (hd/2) second halves
+      for (index_t i = 0; i < half; ++i) {
+        const Scalar c = cos_(p, i), s = sign * sin_(p, i);
+        const Scalar a = x1[i], b = x2[i];
+        x1[i] = a * c - b * s;
+        x2[i] = a * s + b * c;
+      }
+    }
   }
 
   index_t hd_;
@@ -363,15 +380,34 @@ class causal_attention {
         auto S = P.block(r0, 0, n, r1);  // (n, r1) scores, then probabilities
         S.noalias() = scale * Q.middleRows(r0, n) * K.topRows(r1).transpose();
         for (index_t t = r0; t < r1; ++t) {
-          auto seen = P.row(t).head(t + 1);  // keys 0..t
-          const Scalar mx = seen.maxCoeff();
-          seen = (seen.array() - mx).exp().matrix();
-          seen /= seen.sum();
+          softmax(P.row(t).head(t + 1));  // keys 0..t
           P.row(t).tail(T - t - 1).setZero();
         }
         Y.middleRows(r0, n).noalias() = S * V.topRows(r1);  // (n, hd)
       }
     }, BT >= detail::parallel_threshold);
+  }
+
+  /// Incremental decoding: `y` (`1 x (H*hd)`) of the last token of a sequence whose keys and values so far are the
+  /// `t >= 1` rows of `k` and `v` (`t x (H*hd)`, the last row that token's own); `q` (`1 x (H*hd)`) is its query.
+  /// The same values as row `t-1` of `forward` on the whole sequence, up to the order of the sums in the products.
+  /// Saves nothing (no backward).
+  void forward_last(host_t, matrix_cref<Scalar> q, matrix_cref<Scalar> k, matrix_cref<Scalar> v,
+                    matrix_ref<Scalar> y) const {
+    const std::string_view where = "vwn::nn::causal_attention::forward_last";
+    detail::expect_shape(where, "q", q, 1, width());
+    const index_t t = detail::expect_tokens(where, "k", k, width());
+    detail::expect_shape(where, "v", v, t, width());
+    detail::expect_shape(where, "y", y, 1, width());
+    detail::expect_no_alias(where, "y", y, "q", q);
+    const Scalar scale = Scalar(1) / std::sqrt(Scalar(hd_));
+    thread_local vector<Scalar> p;  // (t) scores, then probabilities; per thread, kept between calls
+    p.resize(t);
+    for (index_t h = 0; h < H_; ++h) {
+      p.noalias() = scale * k.middleCols(h * hd_, hd_) * q.middleCols(h * hd_, hd_).transpose();  // (t)
+      softmax(p);
+      y.middleCols(h * hd_, hd_).noalias() = p.transpose() * v.middleCols(h * hd_, hd_);  // (1, hd)
+    }
   }
 
   /// `dq`, `dk`, `dv` (`(B*T) x (H*hd)`, overwritten) from `dy` and the inputs of the forward that filled `ws`.
@@ -427,6 +463,14 @@ class causal_attention {
   }
 
  private:
+  // Softmax of one row of scores, in place.
+  template <class Row>
+  static void softmax(Row&& row) {
+    const Scalar mx = row.maxCoeff();
+    row = (row.array() - mx).exp().matrix();
+    row /= row.sum();
+  }
+
   static constexpr index_t tile = 64;  // query (and key) rows per tile
   index_t H_, hd_;
 };

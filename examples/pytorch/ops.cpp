@@ -642,6 +642,26 @@ part_config embedding_config(const std::string& where, torch::TensorList params,
   return c;
 }
 
+// The direct embedding is a row lookup and its gradient a scatter-add of rows: both run on the tensors themselves
+// (the table the caller hands over is read where it is; the gradient is accumulated with vwn's sparse row sums, then
+// written into a fresh dense tensor that autograd keeps as the table's gradient), so that no workspace holds a second
+// table or a spare gradient buffer the size of the table. The low-rank one runs in a workspace (its table is `V x D`).
+template <class Scalar>
+void direct_embedding_forward(const Tensor& E, const Tensor& tok, const Tensor& H0, std::int64_t wide) {
+  const Eigen::Map<const matrix<Scalar>> table(E.data_ptr<Scalar>(), E.size(0), wide);
+  auto out = rows<Scalar>(H0, wide);
+  const std::span<const std::int32_t> t = token_span(tok);
+  for (std::size_t i = 0; i < t.size(); ++i) out.row(index_t(i)) = table.row(t[i]);
+}
+
+template <class Scalar>
+void direct_embedding_backward(const Tensor& tok, const Tensor& dH0, const Tensor& dE, std::int64_t wide) {
+  sparse_rows<Scalar> g;
+  g.values.resize(0, wide);
+  vwn::detail::accumulate_sparse(g, token_span(tok), rows<Scalar>(dH0, wide));
+  g.add_to(rows<Scalar>(dE, wide));
+}
+
 std::pair<Tensor, Tensor> embedding_run(const Tensor& tokens, torch::TensorList params, std::int64_t m, std::int64_t n,
                                         bool lowrank) {
   const std::string where = part_name(part_kind::embedding, m, n, lowrank);
@@ -650,6 +670,15 @@ std::pair<Tensor, Tensor> embedding_run(const Tensor& tokens, torch::TensorList 
   auto shape = tokens.sizes().vec();
   shape.push_back(c.wide());
   Tensor H0 = output(shape, torch::TensorOptions().dtype(c.dtype));
+  if (!lowrank) {
+    std::vector<std::int64_t> table{c.vocab, c.wide()};
+    TORCH_CHECK_VALUE(params[0].sizes() == c10::IntArrayRef(table) && params[0].device().is_cpu(), where,
+                      ": parameter E: expected a CPU tensor of shape ", shape_text(table), ", got ",
+                      shape_text(params[0].sizes()), " on ", params[0].device().str());
+    const Tensor E = params[0].contiguous();
+    by_dtype(c.dtype, [&]<class Scalar>() { direct_embedding_forward<Scalar>(E, tok, H0, c.wide()); });
+    return {H0, tok};
+  }
   lease w(c);
   use_parameters(*w, params);
   by_dtype(c.dtype, [&]<class Scalar>() {
@@ -687,7 +716,11 @@ struct embedding_fn : torch::autograd::Function<embedding_fn> {
     shape.push_back(c.wide());
     const Tensor dH0 = incoming(grads[0], shape, c.dtype);
     variable_list out{Tensor()};
-    {
+    if (!lowrank) {
+      Tensor dE = torch::zeros({c.vocab, c.wide()}, torch::TensorOptions().dtype(c.dtype));
+      by_dtype(c.dtype, [&]<class Scalar>() { direct_embedding_backward<Scalar>(tok, dH0, dE, c.wide()); });
+      out.push_back(dE);
+    } else {
       lease w(c);
       use_parameters(*w, params);
       zero_grads(*w);

@@ -1100,8 +1100,9 @@ void PrimitiveModule::register_vwn(std::vector<parameter> params) {
 }
 
 std::vector<Tensor> PrimitiveModule::vwn_parameters() const {
+  const auto all = named_parameters(false);  // once per call, not once per parameter
   std::vector<Tensor> out;
-  for (const std::string& name : names_) out.push_back(named_parameters(false)[name]);
+  for (const std::string& name : names_) out.push_back(all[name]);
   return out;
 }
 

@@ -145,7 +145,8 @@ checkpoint read_checkpoint(const fs::path& path) {
     throw std::runtime_error(where + "checksum mismatch: expected " + stored + " (stored), got " + actual +
                              " (computed): the file is corrupted");
   try {
-    for (const auto& f : setting_fields()) f.set(c.config, get("config." + f.key));
+    for (const auto& f : setting_fields())
+      f.set(c.config, f.absent.empty() || md.count("config." + f.key) ? get("config." + f.key) : f.absent);
     c.step = detail::parse_int("step", get("step"), 0, detail::max_size, "an integer >= 0");
     c.optimizer_step = detail::parse_int("optimizer_step", get("optimizer_step"), 0, detail::max_size, "an integer >= 0");
     c.sampler.seed = detail::parse_u64("sampler_seed", get("sampler_seed"));
@@ -202,13 +203,19 @@ void write_checkpoint(const fs::path& path, checkpoint c, const std::function<vo
   c.file.write(path, before_rename);
 }
 
+void add_trained_parameters(optim::adamw<float>& opt, model::transformer<float>& model, const settings& s) {
+  model.visit([&](const std::string& name, float* p, float* g, index_t size, bool decay) {
+    if (trained(s, name)) opt.add(name, p, g, size, decay);
+  });
+}
+
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c) {
   detail::expect_checkpoint_fits(c, available_memory(), false);
   auto m = model::make_transformer({c.config.m, c.config.n, c.config.dynamic}, c.config.model_config());
   // The optimiser's moments are checked and read like a resume does (so both programs accept exactly the same
   // files), into a state that is then dropped.
   optim::adamw<float> opt;
-  m->visit([&](const std::string& name, float* p, float* g, index_t size, bool decay) { opt.add(name, p, g, size, decay); });
+  add_trained_parameters(opt, *m, c.config);
   detail::load_tensors(c, detail::checkpoint_targets(*m, opt));
   return m;
 }

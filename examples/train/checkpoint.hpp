@@ -63,6 +63,10 @@ void write_checkpoint(const std::filesystem::path& path, checkpoint c, const std
 /// Rebuilds the model of a verified checkpoint with its parameters (for sampling).
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c);
 
+/// Hands AdamW the parameters of `model` that `s` trains (`trained`), in the checkpoint order: the trainer and
+/// `load_model` both call it, so the optimiser's tensors in a checkpoint are those of its settings.
+void add_trained_parameters(optim::adamw<float>& opt, model::transformer<float>& model, const settings& s);
+
 /// Checks that a run may write its `checkpoint.safetensors` and `log.csv` into the folder `out`, before anything
 /// is written. A fresh run (`resume` empty) needs a folder without a checkpoint; a resumed run needs the folder of
 /// the run it continues (where `resume` is that folder's checkpoint) or a folder with neither a checkpoint nor a

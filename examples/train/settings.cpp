@@ -97,6 +97,12 @@ std::vector<setting_field> make_fields() {
                      [](auto& s) -> auto& { return s.model.lowrank_embedding; }));
   f.push_back(toggle("mtp", "--no-mtp", "multi-token-prediction head (--no-mtp to disable)",
                      [](auto& s) -> auto& { return s.model.mtp; }));
+  f.push_back(toggle("freeze-ghc", "--train-ghc",
+                     "keep every GHC parameter at its initial value (with --m 1 --n 1 --static: the plain pre-norm "
+                     "transformer); --train-ghc trains them",
+                     [](auto& s) -> auto& { return s.freeze_ghc; }));
+  f.back().default_text = "trained";
+  f.back().absent = "false";  // checkpoints written before the setting existed trained them
   f.push_back(real("mtp-lambda", "weight of the next-2-token loss", [](auto& s) -> auto& { return s.model.mtp_lambda; },
                    up_to_100, "a number in [0, 100]"));
   f.push_back(real("lr", "peak learning rate", [](auto& s) -> auto& { return s.lr; }, unit_closed, "a number in [0, 1]"));
@@ -146,6 +152,11 @@ std::vector<setting_field> make_fields() {
 const std::vector<setting_field>& setting_fields() {
   static const std::vector<setting_field> fields = make_fields();
   return fields;
+}
+
+bool trained(const settings& s, std::string_view name) {
+  if (!s.freeze_ghc) return true;
+  return name.find("ghc_attn.") == std::string_view::npos && name.find("ghc_ffn.") == std::string_view::npos;
 }
 
 const setting_field* find_field(std::string_view key) {

@@ -35,6 +35,7 @@ struct settings {
   double beta2 = 0.95;    ///< AdamW second-moment decay
   double adam_eps = 1e-8; ///< AdamW epsilon
   std::uint64_t seed = 1; ///< parameter initialisation and batch order
+  bool freeze_ghc = false;    ///< every GHC parameter stays at its initial value (left out of AdamW and of the clip)
   double val_fraction = 0.1;  ///< last part of the corpus held out for validation
   index_t eval_every = 50;    ///< *run*: evaluate every K steps (0: only at the end)
   index_t eval_batches = 8;   ///< *run*: validation batches of `B` windows per evaluation
@@ -66,9 +67,16 @@ struct setting_field {
   std::string help;        ///< one line of `--help`
   std::string default_text;  ///< what `--help` shows as the default when not `get(settings())`
   bool trajectory = true;  ///< whether a resumed run must keep it
+  std::string absent;      ///< the value of a checkpoint that lacks the key (one written before it existed); empty:
+                           ///< the key is required
   std::function<std::string(const settings&)> get;        ///< the value as text (read back by `set`)
   std::function<void(settings&, std::string_view)> set;  ///< throws std::invalid_argument naming the flag
 };
+
+/// Whether the parameter `name` (as `model::transformer::visit` names it) is trained under `s`: all are, except
+/// the GHC parameters (`*.ghc_attn.*`, `*.ghc_ffn.*`, those of the MTP block included) with `freeze_ghc`. With
+/// `freeze_ghc`, the `(1,1)` static model is the plain pre-norm transformer throughout training (docs/model.md).
+bool trained(const settings& s, std::string_view name);
 
 /// All settings, in the order of `--help`.
 const std::vector<setting_field>& setting_fields();

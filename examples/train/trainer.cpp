@@ -42,7 +42,7 @@ trainer::trainer(const settings& s, const data::text_corpus& corpus)
       sampler_(corpus.train(), s.batch, s.model.context, s.seed),
       eval_(data::evaluation_batches(corpus.validation(), s.batch, s.model.context, s.eval_batches)) {
   s_.model.seed = s.seed;
-  model_->visit([&](const std::string& name, float* p, float* g, index_t size, bool decay) { opt_.add(name, p, g, size, decay); });
+  add_trained_parameters(opt_, *model_, s_);
 }
 
 trainer trainer::resume(const std::filesystem::path& path, const settings& requested, const data::text_corpus& corpus) {
@@ -104,21 +104,35 @@ void trainer::expect_finite(const model::losses& l) const {
 
 std::string trainer::step_text() const { return "step " + std::to_string(step_ + 1) + ": "; }
 
-evaluation trainer::evaluate() {
+evaluation mean_losses(model::transformer<float>& model, const std::vector<data::batch>& batches, index_t T,
+                       const std::string& when, const std::string& why) {
   evaluation e;
-  for (const auto& b : eval_) {
-    const model::losses l = model_->forward(host, b.inputs, b.targets1, b.targets2, s_.model.context);
+  for (const auto& b : batches) {
+    const model::losses l = model.forward(host, b.inputs, b.targets1, b.targets2, T);
     e.next += l.next;
     e.next2 += l.next2;
   }
-  e.next /= double(eval_.size());
-  e.next2 /= double(eval_.size());
-  const bool mtp = s_.model.mtp;
+  e.next /= double(batches.size());
+  e.next2 /= double(batches.size());
+  const bool mtp = model.settings().mtp;
   if (!std::isfinite(e.next) || (mtp && !std::isfinite(e.next2)))
-    throw non_finite_error("after step " + std::to_string(step_) + ": the validation loss is not finite (next-token " +
-                           number_text(e.next) + (mtp ? ", next-2-token " + number_text(e.next2) : std::string()) +
-                           "); the run diverged in a step whose training loss was still finite");
+    throw non_finite_error(when + ": the validation loss is not finite (next-token " + number_text(e.next) +
+                           (mtp ? ", next-2-token " + number_text(e.next2) : std::string()) + ")" + why);
   return e;
+}
+
+std::vector<data::batch> whole_split_batches(std::span<const std::uint8_t> split, index_t B, index_t T) {
+  const index_t count = data::max_evaluation_batches(split.size(), B, T);
+  if (count < 1)
+    throw std::invalid_argument("the validation split of " + std::to_string(split.size()) +
+                                " bytes: expected room for at least one batch of " + std::to_string(B) + " windows of " +
+                                std::to_string(T) + " + 2 bytes, got none");
+  return data::evaluation_batches(split, B, T, count);
+}
+
+evaluation trainer::evaluate() {
+  return mean_losses(*model_, eval_, s_.model.context, "after step " + std::to_string(step_),
+                     "; the run diverged in a step whose training loss was still finite");
 }
 
 void trainer::save(const std::filesystem::path& path, const std::optional<log_digest>& log,

@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -59,6 +60,18 @@ struct evaluation {
   double next = 0;   ///< next-token cross-entropy (nats)
   double next2 = 0;  ///< next-2-token cross-entropy (0 without MTP)
 };
+
+/// Mean losses of `model` over `batches` of windows of `T` inputs (every batch the same size, so this is the mean over
+/// every scored token), in the batches' order: what `trainer::evaluate` and `vwn-eval` compute. `when` starts the
+/// message of the non_finite_error thrown when a loss is not finite ("after step 1600"), `why` ends it.
+evaluation mean_losses(model::transformer<float>& model, const std::vector<data::batch>& batches, index_t T,
+                       const std::string& when, const std::string& why = {});
+
+/// Batches that cover the whole of `split` (the validation bytes) with windows of `T` inputs that do not overlap:
+/// `data::max_evaluation_batches(split, B, T)` batches of `B` windows spread evenly from its start to its end, so
+/// every byte but fewer than `(B + 1) T + 2` of the split is scored once as a next-token target. Throws
+/// std::invalid_argument when not even one batch fits.
+std::vector<data::batch> whole_split_batches(std::span<const std::uint8_t> split, index_t B, index_t T);
 
 /// Owns the model, AdamW, the schedule and the batch sampler of one run on one corpus (which must outlive
 /// the trainer). Deterministic: the same settings and corpus give bit-identical losses and parameters, and a

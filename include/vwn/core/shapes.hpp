@@ -30,9 +30,9 @@ struct shape_id {
 
 /// The shapes vwn compiles, `X(m, n)` for each: the plain residual (1,1); Hyper-Connections (1,2), (1,4);
 /// Frac-Connections (2,2); the paper's 1.5x (2,3); (2,4), (4,8), (4,16); and its r = 2, 4, 8 scaling series at
-/// m = 8: (8,16), (8,32), (8,64). The one definition of the set: everything below, the build's generated
+/// m = 8: (8,16), (8,32), (8,64), with its r = 1 anchor (8,8) (docs/scaling.md). The one definition of the set: everything below, the build's generated
 /// translation units (CMake reads this line) and the reference-data script follow from it.
-#define VWN_ALL_SHAPES(X) X(1, 1) X(1, 2) X(1, 4) X(2, 2) X(2, 3) X(2, 4) X(4, 8) X(4, 16) X(8, 16) X(8, 32) X(8, 64)
+#define VWN_ALL_SHAPES(X) X(1, 1) X(1, 2) X(1, 4) X(2, 2) X(2, 3) X(2, 4) X(4, 8) X(4, 16) X(8, 8) X(8, 16) X(8, 32) X(8, 64)
 
 /// The compiled shapes: all of `VWN_ALL_SHAPES`, or a subset of them where the build defines `VWN_SHAPES_HEADER`
 /// as the path of a header that defines `VWN_SELECTED_SHAPES(X)` (this project's CMake option `VWN_SHAPES` writes

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # VWN's virtual-width scaling experiment with one command (docs/scaling.md): installs what is needed, fetches the
-# Brown corpus, builds vwn-train and vwn-connectivity, trains the grid (the (1,1) baseline and VWN (8,16), (8,32),
-# (8,64), (2,3), two seeds, MTP on; the baseline and (8,32) also without MTP), writes the table, the fit and the
-# figures into the output folder, and draws the depth-connectivity maps of the baseline and of (8,32).
-# A half-finished grid resumes where it stopped. Arguments go to scripts/scaling.py (--help lists them; --quick
+# Brown corpus, builds vwn-train, vwn-eval and vwn-connectivity, trains the experiment (the (1,1) baseline and VWN
+# (8,8), (8,16), (8,32), (8,64) for six seeds with MTP; (2,3) and MTP off; the frozen-GHC baseline and a learning-rate
+# sweep; the compute-matched frontier), evaluates every run on the whole validation split, writes the tables and the
+# figures into the output folder, and draws the depth-connectivity maps. A half-finished experiment resumes where it
+# stopped. Arguments go to scripts/scaling.py (--help lists them; --quick
 # runs a tiny grid in about a minute to check the pipeline).
 # Build folder: $VWN_BUILD_DIR (default: build).
 set -euo pipefail
@@ -33,7 +34,7 @@ if [ "$quick" = 0 ]; then
   bash scripts/get-brown.sh
   # -march=native, as scripts/main.sh: the runs train on the machine that builds them.
   cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DVWN_NATIVE=ON
-  cmake --build "$build_dir" -j "$(nproc)" --target vwn-train vwn-connectivity
+  cmake --build "$build_dir" -j "$(nproc)" --target vwn-train vwn-eval vwn-connectivity
   python3 scripts/scaling.py --build "$build_dir" "$@"
 else
   mkdir -p "$out"
@@ -43,18 +44,4 @@ else
       "$out/quick-corpus.txt"
   fi
   python3 scripts/scaling.py --build "$build_dir" --data "$out/quick-corpus.txt" "$@"
-fi
-
-# The depth-connectivity maps of the first seed's baseline and (8,32) (or the largest VWN shape of the grid).
-conn="$build_dir/examples/vwn-connectivity"
-if [ -x "$conn" ]; then
-  data="data/brown.txt"
-  [ "$quick" = 1 ] && data="$out/quick-corpus.txt"
-  for run in "$out"/runs/m1n1-s1 "$out"/runs/m8n32-s1 "$out"/runs/m8n16-s1; do
-    [ -f "$run/checkpoint.safetensors" ] || continue
-    name="$(basename "$run")"
-    "$conn" --checkpoint "$run/checkpoint.safetensors" --text "$data" --tokens 4096 --out "$out/connectivity-$name"
-  done
-else
-  echo "scaling.sh: $conn not built: no connectivity maps" >&2
 fi

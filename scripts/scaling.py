@@ -263,6 +263,9 @@ def train(args, runs, programs):
                            + " ".join(cmd) + "\n")
                 logf.flush()
                 rc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT).returncode
+            if rc == 130:  # vwn-train saved its checkpoint on SIGINT or SIGTERM and stopped
+                sys.exit(f"scaling: {name} was stopped by a signal after saving its checkpoint; run the same command "
+                         "again to continue")
             if rc != 0:
                 sys.exit(f"scaling: {name} failed (exit {rc}); see {os.path.join(run.dir, 'train.log')}")
             done_times.setdefault(run.config, []).append((time.time() - t0) / run.steps)

@@ -425,13 +425,17 @@ def analyse(args, runs, timing):
         for key in ("next", "next2"):
             sd, df = pooled[key]
             out(f"Pooled seed standard deviation ({'next' if key == 'next' else 'next-2'}-token, the {len(main)} "
-                f"configurations of this table): {sd:.4f} on {df} degrees of freedom.")
+                f"configurations of this table): " + (f"{sd:.4f} on {df} degrees of freedom." if df > 0 else
+                                                      "none yet (it needs two seeds of a configuration)."))
         out()
-        out("The pooled interval assumes one seed variance for every shape (a shape's seed spread comes from the batch "
-            "order and the initialisation, the same sources for every shape); with 6 seeds a shape's own standard "
-            "deviation is uncertain by about ±30 %, so the pooled one, on far more degrees of freedom, is the better "
-            "estimate. Welch's interval, which does not assume it, is beside it.")
-        out()
+        most = max(len(finals(c)) for c in main)
+        if most > 1:
+            out("The pooled interval assumes one seed variance for every shape (a shape's seed spread comes from the "
+                f"batch order and the initialisation, the same sources for every shape); with {most} seeds a shape's "
+                f"own standard deviation is uncertain by about ±{100 / math.sqrt(2 * (most - 1)):.0f} %, so the "
+                "pooled one, on more degrees of freedom, is the better estimate. Welch's interval, which does not "
+                "assume it, is beside it.")
+            out()
 
     # --- neighbouring r, the slope per doubling, power -----------------------------------------------------------
     series = [c for c in main if c[0] == 8]
@@ -463,8 +467,9 @@ def analyse(args, runs, timing):
             xs = [x for x, _ in pts]
             ys = [statistics.mean(v) for _, v in pts]
             f = st.fit_line(xs, ys)
-            se_seeds = st.slope_se_from_seeds(xs, [len(v) for _, v in pts], pooled[key][0])
-            tq = st.t_ppf(0.975, pooled[key][1]) if pooled[key][1] > 0 else math.inf
+            have_sd = pooled[key][1] > 0
+            se_seeds = st.slope_se_from_seeds(xs, [len(v) for _, v in pts], pooled[key][0]) if have_sd else None
+            tq = st.t_ppf(0.975, pooled[key][1]) if have_sd else None
             slope = -f["slope"]  # loss reduction per doubling
             summary["fits"][key] = dict(reduction_per_doubling=slope, intercept=f["intercept"], r2=f["r2"],
                                         se_seeds=se_seeds, df_seeds=pooled[key][1], se_residual=f["se"],
@@ -472,11 +477,12 @@ def analyse(args, runs, timing):
             name = "next-token" if key == "next" else "next-2-token"
             resid = (f"; from the residuals of the {len(xs)} means (seed noise and departures from a line): "
                      f"{f['se']:.4f} on {f['df']} df" if f["se"] is not None else "")
+            noise = (f"standard error {se_seeds:.4f} from the seed noise ({pooled[key][1]} df; 95 % interval "
+                     f"[{slope - tq * se_seeds:+.4f}, {slope + tq * se_seeds:+.4f}])" if have_sd else
+                     "no standard error from the seed noise yet (one seed per shape)")
             out(f"Fit ({name}, m = 8, r = {', '.join(f'{2 ** x:g}' for x in xs)}, MTP on): final loss = "
                 f"{f['intercept']:.4f} {f['slope']:+.4f} log2(r), R^2 = {f['r2']:.3f}: a reduction of {slope:+.4f} per "
-                f"doubling of r, standard error {se_seeds:.4f} from the seed noise ({pooled[key][1]} df; 95 % interval "
-                f"[{slope - tq * se_seeds:+.4f}, {slope + tq * se_seeds:+.4f}]){resid}. "
-                f"Table 1's reductions imply {PAPER_SLOPE[key]:.4f} per doubling.")
+                f"doubling of r, {noise}{resid}. Table 1's reductions imply {PAPER_SLOPE[key]:.4f} per doubling.")
             # Seeds per shape for the slope's interval to exclude zero (80 % power) if the true slope were the paper's.
             sxx = sum((x - statistics.mean(xs)) ** 2 for x in xs)
             k = len(xs)
@@ -489,8 +495,9 @@ def analyse(args, runs, timing):
 
             need = st.smallest(enough, 100000) if sd_p > 0 else None
             summary["power"][f"slope {key} at the paper's value"] = need
-            out(f"  Seeds per shape for 80 % power to tell the paper's {PAPER_SLOPE[key]:.4f} per doubling from zero "
-                f"with these {k} shapes at the pooled sd: {need if need else 'more than 100000'}.")
+            if have_sd:
+                out(f"  Seeds per shape for 80 % power to tell the paper's {PAPER_SLOPE[key]:.4f} per doubling from zero "
+                    f"with these {k} shapes at the pooled sd: {need if need else 'more than 100000'}.")
         out()
         out(PAPER + ".")
         out()

@@ -568,7 +568,7 @@ def analyse(args, runs, timing):
             recs = data.get(c, {})
             if args.lr_seed in recs:
                 lr_rows.append(((m, n), lr, recs[args.lr_seed]["next"], recs[args.lr_seed]["next2"]))
-    if lr_rows:
+    if any(lr != args.lr for _, lr, _, _ in lr_rows):
         out(f"Learning-rate sweep, seed {args.lr_seed} (the grid uses lr {args.lr:g}):")
         out()
         out("| shape | lr | next-token | next-2-token |")
@@ -698,7 +698,7 @@ def plot(args, data, summary, cfg, finals):
             elif c[0] == 8:
                 pts.append((math.log2(c[1] / c[0]), mu, ci))
         gp = [_terminal(900, 600), f'set output "{os.path.join(args.out, "scaling_" + key + ".png")}"',
-              f'set title "final {title} loss (whole validation split) against log2(r), m = 8; 95 %% intervals of the mean" noenhanced',
+              f'set title "final {title} loss (whole validation split) against log2(r), m = 8; 95 % intervals of the mean" noenhanced',
               'set xlabel "log2(r)"', 'set ylabel "loss (nats per byte)"', 'set grid', 'set key top right',
               'set offsets 0.3, 0.3, graph 0.05, graph 0.05',
               "$p << EOD\n" + "\n".join(f"{x} {y} {e}" for x, y, e in pts) + "\nEOD"]

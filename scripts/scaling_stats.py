@@ -169,25 +169,3 @@ def seeds_for_power(delta, sd, power=0.8, alpha=0.05, limit=100000):
         return 1 - t_cdf(t_ppf(1 - alpha / 2, df) - shift, df) >= power
 
     return smallest(ok, limit)
-
-
-def interp(xs, ys, x):
-    """y at x on the polyline (xs ascending); None outside."""
-    if not xs or x < xs[0] or x > xs[-1]:
-        return None
-    for i in range(1, len(xs)):
-        if x <= xs[i]:
-            f = (x - xs[i - 1]) / (xs[i] - xs[i - 1]) if xs[i] > xs[i - 1] else 1.0
-            return ys[i - 1] + f * (ys[i] - ys[i - 1])
-    return ys[-1]
-
-
-def crossing(xs, ys, level):
-    """First x where the polyline (xs, ys) reaches ys <= level; None if never."""
-    for i, y in enumerate(ys):
-        if y <= level:
-            if i == 0:
-                return xs[0]
-            f = (ys[i - 1] - level) / (ys[i - 1] - y)
-            return xs[i - 1] + f * (xs[i] - xs[i - 1])
-    return None

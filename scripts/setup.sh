@@ -23,6 +23,8 @@ test_packages+=(clang libclang-rt-dev llvm)
 # headers and pybind11 its extension module is built with; OpenBLAS first, so that PyTorch does not run on the
 # reference BLAS (about 9x slower).
 test_packages+=(libopenblas0-pthread libtorch-dev python3-torch python3-dev pybind11-dev)
+# Data-parallel vwn-train over MPI (docs/distributed.md) and its tests: Open MPI's headers and libraries, and mpirun.
+test_packages+=(libopenmpi-dev openmpi-bin)
 # `pip install ./examples/pytorch` into a venv, offline (its test): venv, pip, and setuptools + wheel to build with.
 test_packages+=(python3-venv python3-pip python3-setuptools python3-wheel)
 # (gnuplot, in the main set, also draws the scaling experiment's figures and the connectivity maps: scripts/scaling.sh;

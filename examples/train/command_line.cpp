@@ -172,13 +172,14 @@ void parse(parser& p, std::span<const std::string> args) {
 }
 
 /// Defines the `vwn-train` flags on `p`, writing into `out`.
-void define_train(parser& p, command_line& out) {
+void define_train(parser& p, command_line& out, const std::string& parallel_note = {}) {
   p.app.name("vwn-train");
   p.app.description(
       "Trains the reference transformer on bytes of a text corpus, writing OUT/log.csv,\n"
       "OUT/checkpoint.safetensors and OUT/loss.png, and prints a text sample at the end.");
   configure(p.app, "Compiled shapes (m, n): " + model::available_shapes_text() +
-                       ".\nCtrl-C stops after the current step and saves a checkpoint.");
+                       ".\nCtrl-C stops after the current step and saves a checkpoint." +
+                       (parallel_note.empty() ? std::string() : "\n" + parallel_note));
 
   // The settings, from their table.
   const std::string settings_group = "model and training settings [default]";
@@ -230,6 +231,14 @@ void define_train(parser& p, command_line& out) {
   add_value(p, "--threads", "N", "OpenMP threads (0: the default) [" + std::to_string(d.threads) + "]",
             [&r](const std::string& v) {
               r.threads = int(detail::parse_int("--threads", v, 0, 4096, "an integer >= 0 (0: the default)"));
+            })
+      ->group(run_group);
+  add_value(p, "--micro-batch", "N",
+            "sequences per gradient part on each process: the batch's gradient is\nthe sum of its parts' (fixed "
+            "order), for batches larger than memory\nallows (0: each process's share in one part) [" +
+                std::to_string(d.micro_batch) + "]",
+            [&r](const std::string& v) {
+              r.micro_batch = detail::parse_int("--micro-batch", v, 0, detail::max_size, "an integer >= 0");
             })
       ->group(run_group);
   add_value(p, "--sample", "N", "bytes of text sampled at the end (0: none) [" + std::to_string(d.sample_bytes) + "]",
@@ -306,10 +315,10 @@ settings requested_settings(const command_line& cl) {
   return s;
 }
 
-std::string train_help() {
+std::string train_help(const std::string& parallel_note) {
   command_line unused;
   parser p;
-  define_train(p, unused);
+  define_train(p, unused, parallel_note);
   return p.app.help();
 }
 

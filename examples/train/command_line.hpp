@@ -25,6 +25,7 @@ struct run_options {
   std::filesystem::path out = "out";              ///< output folder
   std::optional<std::filesystem::path> resume;    ///< checkpoint to continue from
   int threads = 0;                                ///< OpenMP threads (0: the default)
+  index_t micro_batch = 0;                        ///< sequences per gradient part on each process (0: its whole share)
   index_t save_every = 0;                         ///< checkpoint every K steps (0: at every evaluation)
   index_t sample_bytes = 320;                     ///< bytes sampled at the end (0: none)
   bool overwrite = false;                         ///< start afresh even if `out` holds a checkpoint
@@ -54,8 +55,9 @@ void apply(settings& s, const setting_assignments& a);
 /// (read and verified), with the settings given applied on top; validated. Reads only.
 settings requested_settings(const command_line& cl);
 
-/// The `vwn-train --help` text: every setting with its default, the run options and the compiled shapes.
-std::string train_help();
+/// The `vwn-train --help` text: every setting with its default, the run options, the compiled shapes and
+/// `parallel_note` (how this build runs on several processes) at the end.
+std::string train_help(const std::string& parallel_note = {});
 
 /// A parsed `vwn-sample` command line.
 struct sample_command_line {

@@ -185,11 +185,12 @@ void validate(const settings& s) {
     detail::bad_setting("vocabulary", std::to_string(data::vocab_size) + " (bytes)", std::to_string(c.vocab));
 }
 
-memory_need estimate_memory(const settings& s, double corpus_bytes) {
-  const model::value_count v = model::count_values(s.model_config(), s.batch);
+memory_need estimate_memory(const settings& s, double corpus_bytes, index_t micro_batch) {
+  const bool parts = micro_batch > 0 && micro_batch < s.batch;
+  const model::value_count v = model::count_values(s.model_config(), parts ? micro_batch : s.batch);
   constexpr double value = sizeof(float);
   memory_need need;
-  need.parameters = 7 * v.parameters * value;
+  need.parameters = (parts ? 8 : 7) * v.parameters * value;
   // The validation batches: inputs and two targets per token.
   const double eval_tokens = 3.0 * double(s.eval_batches) * double(s.batch) * double(s.model.context);
   need.activations = (v.activations + eval_tokens) * value;
@@ -248,9 +249,9 @@ std::string byte_text(double bytes) {
   return buf;
 }
 
-void expect_memory_fits(const settings& s, std::optional<double> available, double corpus_bytes) {
+void expect_memory_fits(const settings& s, std::optional<double> available, double corpus_bytes, index_t micro_batch) {
   if (!available) return;
-  const memory_need need = estimate_memory(s, corpus_bytes);
+  const memory_need need = estimate_memory(s, corpus_bytes, micro_batch);
   if (need.total() <= *available) return;
   if (corpus_bytes > *available)
     throw std::invalid_argument("--data: the corpus of " + byte_text(corpus_bytes) + " does not fit in the " +
@@ -276,7 +277,7 @@ void expect_memory_fits(const settings& s, std::optional<double> available, doub
     index_t& value = f.field ? t.*f.field : t.model.*f.model_field;
     const index_t given = value;
     value = f.field ? defaults.*f.field : defaults.model.*f.model_field;
-    const double total = estimate_memory(t, corpus_bytes).total();
+    const double total = estimate_memory(t, corpus_bytes, micro_batch).total();
     if (total < best) best = total, blamed = &f, blamed_value = given;
   }
   const auto& c = s.model;
@@ -285,8 +286,10 @@ void expect_memory_fits(const settings& s, std::optional<double> available, doub
          " available (the parameters with their gradients, optimiser state and checkpoint copy need " +
          byte_text(need.parameters) + " at --width " + std::to_string(c.width) + ", --layers " + std::to_string(c.layers) +
          ", --ffn " + std::to_string(c.ffn()) + ", shape " + model::shape_choice{s.m, s.n, s.dynamic}.label() +
-         "; the activations of a batch of --batch " + std::to_string(s.batch) + " x --context " + std::to_string(c.context) +
-         " tokens need " + byte_text(need.activations) +
+         "; the activations of " +
+         (micro_batch > 0 && micro_batch < s.batch ? "a part of --micro-batch " + std::to_string(micro_batch)
+                                                   : "a batch of --batch " + std::to_string(s.batch)) +
+         " x --context " + std::to_string(c.context) + " tokens need " + byte_text(need.activations) +
          (corpus_bytes > 0 ? "; the corpus needs " + byte_text(corpus_bytes) : std::string()) + ")";
   if (blamed)
     msg += "; with the default " + std::string(blamed->flag) + " it would need " + byte_text(best);

@@ -106,9 +106,11 @@ struct memory_need {
   double total() const { return parameters + activations + corpus; }
 };
 
-/// The estimate of `s` (float values) on a corpus of `corpus_bytes`. Throws std::invalid_argument when the shape is
-/// not compiled.
-memory_need estimate_memory(const settings& s, double corpus_bytes = 0);
+/// The estimate of `s` (float values) on a corpus of `corpus_bytes`, for one process that computes each step in parts
+/// of `micro_batch` sequences (0: the whole batch at once; otherwise the activations are those of one part, and the
+/// sum of the parts' gradients is one more value per parameter). Throws std::invalid_argument when the shape is not
+/// compiled.
+memory_need estimate_memory(const settings& s, double corpus_bytes = 0, index_t micro_batch = 0);
 
 /// Bytes this process can still allocate: the kernel's `MemAvailable`, lowered to what the memory limit of the
 /// process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`) leaves; empty where neither can be read.
@@ -120,7 +122,8 @@ std::optional<double> available_memory();
 /// then the bytes each part needs and the bytes available. Does nothing when `available` is empty. `vwn-train`
 /// checks with the corpus's size before reading it; the trainer checks again without it, the corpus then being
 /// in memory already.
-void expect_memory_fits(const settings& s, std::optional<double> available, double corpus_bytes = 0);
+void expect_memory_fits(const settings& s, std::optional<double> available, double corpus_bytes = 0,
+                        index_t micro_batch = 0);
 
 /// "12.3 MB", "4.56 GB": `bytes` in decimal units, three significant digits.
 std::string byte_text(double bytes);

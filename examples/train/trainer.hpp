@@ -13,6 +13,8 @@
 ///   plot.hpp          the loss plot (gnuplot)
 ///   generate.hpp      text generation
 
+#include <csignal>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -24,6 +26,7 @@
 
 #include <train/checkpoint.hpp>
 #include <train/command_line.hpp>
+#include <train/distributed.hpp>
 #include <train/generate.hpp>
 #include <train/log.hpp>
 #include <train/output.hpp>
@@ -53,6 +56,26 @@ struct step_result {
   model::losses loss;      ///< training losses of the batch (before the update)
   double grad_norm = 0;    ///< gradient norm before clipping
   double seconds = 0;      ///< wall time of the step
+  bool stop = false;       ///< whether some rank was asked to stop (`parallelism::stop`) by the end of this step
+  double wait_seconds = 0; ///< wall time this rank waited for the slowest rank before the sum, part of `seconds`
+  double sum_seconds = 0;  ///< wall time of the sum over the ranks (the allreduce) after that wait, part of `seconds`
+  double sum_bytes = 0;    ///< bytes this rank handed to the sum over the ranks (0 for one rank)
+};
+
+/// How a trainer computes each global batch of `B` sequences: split over the ranks of `world` (a disjoint slice of
+/// every batch each, drawn from the same sampler) and on each rank into parts of `micro_batch` sequences. The batch
+/// is `P = B / micro_batch` parts in all; rank `r` of `R` takes parts `r k .. r k + k - 1` (`k = P / R`, in sequence
+/// order), adds their gradients in that order, and the ranks sum theirs (an allreduce); the sum divided by `P` is the
+/// gradient of the batch's mean loss, as one part of `B` would give it up to the order of the sums
+/// (docs/distributed.md). With `P = 1` (one process, no micro-batches) the step is exactly the step without this.
+struct parallelism {
+  /// Sequences per part on each rank; 0: the rank's whole share `B / R` in one part.
+  index_t micro_batch = 0;
+  /// The ranks that share each batch; nullptr: this process alone. Must outlive the trainer.
+  communicator* world = nullptr;
+  /// Set (by a signal handler) when this process is asked to stop; each step tells every rank whether any rank
+  /// had it set (`step_result::stop`), so that all stop after the same step. nullptr: never.
+  const volatile std::sig_atomic_t* stop = nullptr;
 };
 
 /// Validation losses, averaged over the evaluation batches.
@@ -79,15 +102,18 @@ std::vector<data::batch> whole_split_batches(std::span<const std::uint8_t> split
 /// count).
 class trainer {
  public:
-  /// A fresh run. Throws std::invalid_argument for invalid settings, std::runtime_error when the corpus is
-  /// too short for the context.
-  trainer(const settings& s, const data::text_corpus& corpus);
+  /// A fresh run, its batches split as `p` says. Throws std::invalid_argument for invalid settings or a batch that
+  /// does not split into equal parts over the ranks (naming the flags), std::runtime_error when the corpus is too
+  /// short for the context.
+  trainer(const settings& s, const data::text_corpus& corpus, const parallelism& p = {});
 
   /// Continues the run saved in `path`. The checkpoint must be valid and its settings must equal
   /// `requested` on every field that determines the trajectory (std::invalid_argument listing each
   /// difference otherwise), and `corpus` must be the same corpus (same bytes). Reads only; leaves every
-  /// file untouched.
-  static trainer resume(const std::filesystem::path& path, const settings& requested, const data::text_corpus& corpus);
+  /// file untouched. The checkpoint holds no rank state: a run saved by any number of ranks or parts continues
+  /// with any other `p` that splits its batch.
+  static trainer resume(const std::filesystem::path& path, const settings& requested, const data::text_corpus& corpus,
+                        const parallelism& p = {});
 
   /// Moves the run.
   trainer(trainer&&) = default;
@@ -96,8 +122,25 @@ class trainer {
   step_result train_step();  // throws non_finite_error (see there) before updating anything
 
   /// Mean validation losses over the fixed evaluation batches (does not change the training state). Throws
-  /// non_finite_error when one is not finite.
+  /// non_finite_error when one is not finite. With `P > 1` parts, each batch is scored in parts of the step's size,
+  /// spread over the ranks, and their losses are added in batch and part order on every rank: the result depends on
+  /// the part size, not on how many ranks share the work.
   evaluation evaluate();
+
+  /// Checks that every rank holds the same run (a hash of the parameters, the optimiser state, the step and the
+  /// sampler position, gathered from all ranks); call it on every rank before rank 0 saves. Throws
+  /// std::runtime_error naming the ranks that differ from rank 0. Does nothing for one rank.
+  void expect_replicas_agree() const;
+
+  /// The hash `expect_replicas_agree` compares (64-bit FNV-1a over the state's bytes).
+  std::uint64_t state_hash() const;
+
+  /// The ranks sharing each batch (this process alone when none were given).
+  communicator& world() const { return *world_; }
+  /// Parts of each global batch (`P`), over all ranks.
+  index_t parts() const { return parts_; }
+  /// Sequences in each part.
+  index_t part_size() const { return s_.batch / parts_; }
 
   /// Writes the checkpoint (atomically: a temporary file next to `path`, then a rename; the folder must
   /// exist), recording `log`, the digest of the run's log rows so far (`csv_log::digest`). `elapsed_seconds` is
@@ -132,7 +175,17 @@ class trainer {
   /// "step N: " for the step in progress.
   std::string step_text() const;
 
+  /// The step of `P > 1` parts: each part's gradient, their sum over this rank's parts and then over the ranks.
+  model::losses step_in_parts(bool stop_here, step_result& r);
+  /// The validation losses of `P > 1` parts (see `evaluate`).
+  evaluation evaluate_in_parts();
+
   settings s_;
+  parallelism par_;
+  communicator* world_ = nullptr;
+  std::shared_ptr<communicator> own_world_;  // this process alone, when no world was given
+  index_t parts_ = 1;
+  std::vector<float> sum_;  // the gradients of this rank's parts, then of the batch (P > 1)
   const data::text_corpus* corpus_;
   std::string fingerprint_;
   std::unique_ptr<model::transformer<float>> model_;

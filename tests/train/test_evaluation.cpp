@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <support/common.hpp>
+#include <support/training.hpp>
 
 #include <cmath>
 #include <cstdint>
@@ -23,7 +24,7 @@ namespace model = vwn::model;
 namespace data = vwn::data;
 using vwn::index_t;
 
-bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+using vwn_test::same_bits;
 
 // Random bytes: every window of a few bytes occurs once, so a window's bytes give its offset.
 std::vector<std::uint8_t> random_bytes(std::size_t n, std::uint64_t seed) {

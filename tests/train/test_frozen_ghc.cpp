@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <support/common.hpp>
+#include <support/training.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -41,6 +42,8 @@ namespace nn = vwn::nn;
 using vwn::host;
 using vwn::index_t;
 using mat = vwn::matrix<float>;
+using vwn_test::same_bits;
+using vwn_test::state_bytes;
 
 const fs::path data_dir = VWN_TEST_DATA_DIR;
 
@@ -95,26 +98,10 @@ bool is_ghc(const std::string& name) {
   return name.find("ghc_attn.") != std::string::npos || name.find("ghc_ffn.") != std::string::npos;
 }
 
-bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
-
 // Every parameter of `m` by name, as raw floats.
 std::map<std::string, std::vector<float>> parameters_of(model::transformer<float>& m) {
   std::map<std::string, std::vector<float>> out;
   m.visit([&](const std::string& name, float* p, float*, index_t size, bool) { out[name].assign(p, p + size); });
-  return out;
-}
-
-// Every parameter and optimiser moment as raw bytes, in visit order.
-std::string state_bytes(train::trainer& t) {
-  std::string out;
-  t.model().visit([&](const std::string& name, float* p, float*, index_t size, bool) {
-    out += name;
-    out.append(reinterpret_cast<const char*>(p), std::size_t(size) * sizeof(float));
-  });
-  t.optimizer().for_each_state([&](const std::string& name, const float* p, index_t size) {
-    out += name;
-    out.append(reinterpret_cast<const char*>(p), std::size_t(size) * sizeof(float));
-  });
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <support/common.hpp>
+#include <support/training.hpp>
 
 #include <cerrno>
 #include <cmath>
@@ -37,6 +38,8 @@ namespace data = vwn::data;
 using vwn::index_t;
 
 using vwn_test::error_of;
+using vwn_test::same_bits;
+using vwn_test::state_bytes;
 
 // A fresh, empty folder under the system temp folder, removed at the end of the test.
 struct temp_dir {
@@ -68,20 +71,6 @@ std::set<std::string> listing(const fs::path& dir) {
   return names;
 }
 
-// Deterministic English-like text of about `bytes` bytes.
-std::string text(std::size_t bytes, std::uint64_t seed = 7) {
-  static const char* const words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to",
-                                      "house", "of", "light", "is", "in", "blue", "river", "went", "home", "it"};
-  std::mt19937_64 g(seed);
-  std::string s;
-  while (s.size() < bytes) {
-    s += words[g() % 20];
-    s += (g() % 9 == 0) ? ".\n" : " ";
-  }
-  s.resize(bytes);
-  return s;
-}
-
 // A tiny run: one block, D = 32, T = 16, B = 2.
 train::settings tiny(int m, int n, bool dynamic, bool mtp, bool lowrank = false) {
   train::settings s;
@@ -101,22 +90,6 @@ train::settings tiny(int m, int n, bool dynamic, bool mtp, bool lowrank = false)
   s.seed = 11;
   return s;
 }
-
-// Every parameter and optimiser moment as raw bytes, in visit order.
-std::string state_bytes(train::trainer& t) {
-  std::string out;
-  t.model().visit([&](const std::string& name, float* p, float*, index_t size, bool) {
-    out += name;
-    out.append(reinterpret_cast<const char*>(p), std::size_t(size) * sizeof(float));
-  });
-  t.optimizer().for_each_state([&](const std::string& name, const float* p, index_t size) {
-    out += name;
-    out.append(reinterpret_cast<const char*>(p), std::size_t(size) * sizeof(float));
-  });
-  return out;
-}
-
-bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
 // ---------------------------------------------------------------------------------------------------------
 // Registry
@@ -469,7 +442,7 @@ TEST(TrainerOverfit, TinyModelLearnsOneFixedBatch) {
 // then resumes from the checkpoint and checks that every later loss and the final state are bit-identical.
 void check_resume_is_exact(const train::settings& s, index_t k) {
   temp_dir dir;
-  const data::text_corpus corpus = data::text_corpus::from_bytes(text(6000), s.model.context, 0.2);
+  const data::text_corpus corpus = data::text_corpus::from_bytes(vwn_test::english_text(6000), s.model.context, 0.2);
   const fs::path ck = dir.path / "checkpoint.safetensors";
 
   train::trainer a(s, corpus);
@@ -531,7 +504,7 @@ TEST(TrainerCheckpoint, ResumeContinuesBitForBitStaticPlain) {
 TEST(TrainerCheckpoint, SavedModelSamplesLikeTheTrainedOne) {
   temp_dir dir;
   const train::settings s = tiny(4, 8, true, true);
-  const data::text_corpus corpus = data::text_corpus::from_bytes(text(4000), s.model.context, 0.2);
+  const data::text_corpus corpus = data::text_corpus::from_bytes(vwn_test::english_text(4000), s.model.context, 0.2);
   train::trainer t(s, corpus);
   for (int i = 0; i < 4; ++i) (void)t.train_step();
   t.save(dir.path / "c.safetensors");
@@ -554,7 +527,7 @@ TEST(TrainerCheckpoint, SavedModelSamplesLikeTheTrainedOne) {
 struct saved_run {
   temp_dir dir;
   train::settings s = tiny(2, 4, true, true);
-  data::text_corpus corpus = data::text_corpus::from_bytes(text(4000), 16, 0.2);
+  data::text_corpus corpus = data::text_corpus::from_bytes(vwn_test::english_text(4000), 16, 0.2);
   fs::path ck = dir.path / "checkpoint.safetensors";
   std::string bytes;
   saved_run() {
@@ -607,7 +580,7 @@ TEST(TrainerCheckpoint, OnlyRegularFilesAreOpenedAsCheckpoints) {
 }
 
 TEST(Trainer, NonFiniteStepStopsBeforeTheUpdate) {
-  const auto corpus = data::text_corpus::from_bytes(text(4000), 16, 0.2);
+  const auto corpus = data::text_corpus::from_bytes(vwn_test::english_text(4000), 16, 0.2);
   for (const bool mtp : {false, true}) {
     SCOPED_TRACE(mtp ? "MTP" : "no MTP");
     train::trainer t(tiny(2, 3, true, mtp), corpus);
@@ -639,7 +612,7 @@ TEST(Trainer, NonFiniteStepStopsBeforeTheUpdate) {
 // A step can leave finite parameters that give a non-finite validation loss (the run diverged in an update
 // whose own loss was finite): the evaluation refuses to report it as a number, so nothing saves that state.
 TEST(Trainer, NonFiniteValidationLossStopsTheRun) {
-  const auto corpus = data::text_corpus::from_bytes(text(4000), 16, 0.2);
+  const auto corpus = data::text_corpus::from_bytes(vwn_test::english_text(4000), 16, 0.2);
   for (const bool mtp : {false, true}) {
     SCOPED_TRACE(mtp ? "MTP" : "no MTP");
     train::trainer t(tiny(2, 3, true, mtp), corpus);
@@ -903,7 +876,7 @@ TEST(TrainerCheckpoint, MismatchedSettingsOrCorpusAreRejectedAndTheCheckpointLef
   other.eval_batches = 1;
   EXPECT_NO_THROW((void)train::trainer::resume(run.ck, other, run.corpus));
   // Another corpus.
-  const data::text_corpus corpus2 = data::text_corpus::from_bytes(text(4000, 8), 16, 0.2);
+  const data::text_corpus corpus2 = data::text_corpus::from_bytes(vwn_test::english_text(4000, 8), 16, 0.2);
   msg = error_of<std::invalid_argument>([&] { (void)train::trainer::resume(run.ck, run.s, corpus2); });
   EXPECT_NE(msg.find("another corpus"), std::string::npos) << msg;
   EXPECT_EQ(slurp(run.ck), run.bytes);
@@ -970,8 +943,8 @@ TEST(TrainerMemory, CountedParametersAreTheModelsOwn) {
 TEST(TrainerMemory, TheCorpusIsSizedBeforeItIsReadAndCountedOnce) {
   temp_dir dir;
   fs::create_directories(dir.path / "corpus");
-  dump(dir.path / "corpus" / "a.txt", text(3000));
-  dump(dir.path / "corpus" / "b.txt", text(2000, 9));
+  dump(dir.path / "corpus" / "a.txt", vwn_test::english_text(3000));
+  dump(dir.path / "corpus" / "b.txt", vwn_test::english_text(2000, 9));
   EXPECT_EQ(data::text_corpus::bytes_at(dir.path / "corpus"), 5001u);  // two files and the newline that joins them
   const data::text_corpus c = data::text_corpus::load(dir.path / "corpus", 16, 0.2);
   EXPECT_EQ(c.size(), 5001);
@@ -1022,7 +995,7 @@ TEST(TrainerMemory, SettingsThatCannotFitAreRefusedNamingTheFlagsAndTheBytes) {
   EXPECT_EQ(msg.rfind("--ffn 100000000: ", 0), 0u) << msg;
   // A fresh trainer checks before it allocates (the machine's memory, whatever it is, is below an exabyte).
   s.model.width = 2'000'000'000, s.model.layers = 1'000'000;
-  const auto corpus = data::text_corpus::from_bytes(text(4000), 16, 0.2);
+  const auto corpus = data::text_corpus::from_bytes(vwn_test::english_text(4000), 16, 0.2);
   msg = error_of<std::invalid_argument>([&] { train::trainer t(s, corpus); });
   EXPECT_NE(msg.find("available"), std::string::npos) << msg;
   ASSERT_TRUE(train::available_memory().has_value());  // Linux: /proc/meminfo

@@ -9,7 +9,9 @@
 //   |fl(sum) - sum| <= gamma(R - 1) sum |g_i|, gamma(k) = k u / (1 - k u), u = 2^-24), then one rounding each of the
 //   division by R;
 // - a second run over R ranks is bit-identical to the first after 3 steps (the reduction's order is fixed for a given
-//   R and message size).
+//   R and message size);
+// - the replica check before a save: with one parameter of the last rank changed by one ulp, every rank refuses,
+//   naming that rank.
 // Prints the largest ratio of a difference to its bound; exit status 1 on a failed check.
 #include <train/trainer.hpp>
 
@@ -114,14 +116,35 @@ int main(int argc, char** argv) {
     if (!same_run) ok = false;
     a.expect_replicas_agree();  // every rank holds the same state
 
+    // One ulp of one parameter on the last rank: every rank must refuse, naming it.
+    if (rank == R - 1) {
+      bool done = false;
+      a.model().visit([&](const std::string&, float* p, float*, index_t size, bool) {
+        if (!done && size > 0) p[0] = std::nextafter(p[0], std::numeric_limits<float>::infinity()), done = true;
+      });
+    }
+    std::string refusal;
+    try {
+      a.expect_replicas_agree();
+    } catch (const std::runtime_error& e) {
+      refusal = e.what();
+    }
+    const std::string named = "rank " + std::to_string(R - 1) + " holds another state than rank 0";
+    const bool refused = refusal.find(named) != std::string::npos;
+    if (!refused) {
+      ok = false;
+      std::fprintf(stderr, "vwn_mpi_sum: rank %d: expected a refusal naming rank %d, got '%s'\n", rank, R - 1,
+                   refusal.c_str());
+    }
+
     if (rank == 0)
       std::printf(
           "vwn_mpi_sum: %d ranks (%s) against 1 process with %d micro-batches: %zu of %zu gradient elements differ; "
           "largest difference / bound = %.3g (bound: 2 gamma(%d) sum|g_i| / %d + rounding of the division)%s; a second "
-          "%d-rank run after 3 steps: %s\n",
+          "%d-rank run after 3 steps: %s; one ulp changed on rank %d: %s\n",
           R, world->name().c_str(), R, differ, ga.size(), worst, R - 1, R,
           R == 2 ? (differ == 0 ? ", bit for bit as required for 2 ranks" : ", but 2 ranks must agree bit for bit") : "",
-          R, same_run ? "bit-identical" : "DIFFERENT");
+          R, same_run ? "bit-identical" : "DIFFERENT", R - 1, refused ? ("refused: " + refusal).c_str() : "NOT REFUSED");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vwn_mpi_sum: rank %d: %s\n", rank, e.what());
     world->abort(1);

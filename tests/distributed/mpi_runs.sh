@@ -65,8 +65,10 @@ killed_rank)
     rows=0
     [ -f "$work/cut/log.csv" ] && rows=$(wc -l < "$work/cut/log.csv")
     if [ "$rows" -gt 40 ]; then
-      for pid in $(pgrep -f -- "--out $work/cut" || true); do
-        if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1"; then victim=$pid; fi
+      # (/proc rather than pgrep: procps is not on every minimal system)
+      for dir in /proc/[0-9]*; do
+        tr '\0' ' ' < "$dir/cmdline" 2>/dev/null | grep -qF -- "--out $work/cut" || continue
+        if tr '\0' '\n' < "$dir/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1"; then victim=${dir#/proc/}; fi
       done
       [ -n "$victim" ] && break
     fi

@@ -41,6 +41,12 @@ index_t part_count(const settings& s, const parallelism& p, int ranks) {
   return B / mu;
 }
 
+/// `count` tokens from `begin` of one of a batch's token vectors (inputs or targets): a part's share; a vector left
+/// empty (the next-2-token targets without MTP) stays empty.
+std::span<const data::token> tokens_of_part(const std::vector<data::token>& v, std::size_t begin, std::size_t count) {
+  return v.empty() ? std::span<const data::token>() : std::span<const data::token>(v).subspan(begin, count);
+}
+
 optim::adamw_config adam(const settings& s) {
   optim::adamw_config a;
   a.beta1 = s.beta1, a.beta2 = s.beta2, a.eps = s.adam_eps, a.weight_decay = s.weight_decay;
@@ -134,9 +140,7 @@ model::losses trainer::step_in_parts(bool stop_here, step_result& r) {
   double losses[4] = {0, 0, 0, stop_here ? 1.0 : 0.0};
   for (index_t j = 0; j < k; ++j) {
     const std::size_t begin = std::size_t((world_->rank() * k + j) * mu * T), count = std::size_t(mu * T);
-    const auto part = [&](const std::vector<data::token>& v) {
-      return v.empty() ? std::span<const data::token>() : std::span<const data::token>(v).subspan(begin, count);
-    };
+    const auto part = [&](const std::vector<data::token>& v) { return tokens_of_part(v, begin, count); };
     model_->zero_grad();
     const model::losses l = model_->forward(host, part(batch_.inputs), part(batch_.targets1), part(batch_.targets2), T);
     model_->backward(host);
@@ -231,9 +235,7 @@ evaluation trainer::evaluate_in_parts() {
   for (index_t piece = world_->rank(); piece < pieces; piece += R) {
     const data::batch& b = eval_[std::size_t(piece / parts_)];
     const std::size_t begin = std::size_t((piece % parts_) * mu * T), count = std::size_t(mu * T);
-    const auto part = [&](const std::vector<data::token>& v) {
-      return v.empty() ? std::span<const data::token>() : std::span<const data::token>(v).subspan(begin, count);
-    };
+    const auto part = [&](const std::vector<data::token>& v) { return tokens_of_part(v, begin, count); };
     const model::losses l = model_->forward(host, part(b.inputs), part(b.targets1), part(b.targets2), T);
     losses[std::size_t(2 * piece)] = l.next;
     losses[std::size_t(2 * piece + 1)] = l.next2;

@@ -15,6 +15,8 @@
 // Prints the largest ratio of a difference to its bound; exit status 1 on a failed check.
 #include <train/trainer.hpp>
 
+#include <support/training.hpp>
+
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -23,6 +25,7 @@
 
 namespace train = vwn::train;
 using vwn::index_t;
+using vwn_test::gradients;
 
 namespace {
 
@@ -33,12 +36,6 @@ train::settings small() {
   s.batch = 8, s.steps = 10, s.warmup = 1, s.clip = 0;  // no clipping: the optimiser sees the sum itself
   s.eval_every = 0, s.eval_batches = 1;
   return s;
-}
-
-std::vector<float> gradients(const train::trainer& t) {
-  std::vector<float> g;
-  for (const auto& x : t.optimizer().tensors()) g.insert(g.end(), x.grad, x.grad + x.size);
-  return g;
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <vector>
 
 namespace vwn_test {
 
@@ -26,6 +27,14 @@ inline std::string state_bytes(vwn::train::trainer& t) {
     out.append(reinterpret_cast<const char*>(p), std::size_t(size) * sizeof(float));
   });
   return out;
+}
+
+/// The gradients the optimiser of `t` holds (after a step: the batch's gradient, clipped where clipping is on), every
+/// trained tensor in registration order, as one vector.
+inline std::vector<float> gradients(const vwn::train::trainer& t) {
+  std::vector<float> g;
+  for (const auto& x : t.optimizer().tensors()) g.insert(g.end(), x.grad, x.grad + x.size);
+  return g;
 }
 
 /// Deterministic English-like text of exactly `bytes` bytes: words of a small vocabulary, some sentences ending in a

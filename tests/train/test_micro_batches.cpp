@@ -23,6 +23,7 @@ namespace model = vwn::model;
 namespace data = vwn::data;
 using vwn::index_t;
 using vwn_test::error_of;
+using vwn_test::gradients;
 using vwn_test::same_bits;
 using vwn_test::state_bytes;
 
@@ -46,12 +47,6 @@ train::parallelism parts_of(index_t micro_batch) {
   train::parallelism p;
   p.micro_batch = micro_batch;
   return p;
-}
-
-std::vector<float> gradients(const train::trainer& t) {
-  std::vector<float> g;
-  for (const auto& x : t.optimizer().tensors()) g.insert(g.end(), x.grad, x.grad + x.size);
-  return g;
 }
 
 std::span<const data::token> slice(const std::vector<data::token>& v, index_t part, index_t rows, index_t T) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <transformer/blas.hpp>
 #include <transformer/model.hpp>
 #include <transformer/optim.hpp>
 
@@ -141,6 +142,8 @@ int main(int argc, char** argv) {
   fix(benchmark::RegisterBenchmark("BM_train_step<8, 32, true>", BM_train_step<8, 32, true>))
       ->Args({256, 1})->Args({512, 1})->UseRealTime();
   fix(benchmark::RegisterBenchmark("BM_overhead", BM_overhead))->Arg(256)->Arg(512)->UseManualTime();
+  // The products on the configured BLAS, as in vwn-train (VWN_BLAS=off in the environment: Eigen's own product).
+  benchmark::AddCustomContext("products", vwn::model::use_default_blas().name);
   int n = int(args.size());
   benchmark::Initialize(&n, args.data());
   if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;

@@ -6,6 +6,7 @@
 //
 // The corpus must be the one the run trained on (its size and fingerprint are checked): the validation split is its
 // last `val-fraction` bytes, as in training.
+#include <transformer/blas.hpp>
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
 #ifdef _OPENMP
     if (threads > 0) omp_set_num_threads(threads);
 #endif
+    vwn::model::use_default_blas();
     const vwn::train::checkpoint c = vwn::train::read_checkpoint(checkpoint_path);
     const vwn::train::settings& s = c.config;
     const vwn::index_t T = s.model.context;

@@ -1,6 +1,7 @@
 // vwn-sample: generates bytes from a vwn-train checkpoint (the model is rebuilt from the checkpoint's
 // metadata) and prints the prompt and the generated text, non-printable bytes escaped. Run with --help for
 // the options.
+#include <transformer/blas.hpp>
 #include <train/trainer.hpp>
 
 #include <exception>
@@ -30,6 +31,7 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
+    vwn::model::use_default_blas();
     return run(argc, argv);
   } catch (const std::exception& e) {
     std::cerr << "vwn-sample: error: " << e.what() << "\n";

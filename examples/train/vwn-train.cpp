@@ -2,6 +2,7 @@
 // periodic validation (next-token and next-2-token losses), a CSV log, resumable safetensors checkpoints
 // (docs/checkpoint.md), a loss plot and a text sample at the end. Run with --help for the options.
 #include <train/trainer.hpp>
+#include <transformer/blas.hpp>
 
 #include <unistd.h>
 
@@ -170,6 +171,9 @@ int run(int argc, char** argv, train::communicator& world) {
 #else
   const int threads = 1;
 #endif
+  // The host products on the configured BLAS (or VWN_BLAS from the environment): reported, since a resumed run
+  // continues bit for bit only on the same product.
+  const vwn::model::blas_info blas = vwn::model::use_default_blas();
 
   std::error_code ec;
   if (!fs::exists(opt.data, ec)) {
@@ -203,6 +207,7 @@ int run(int argc, char** argv, train::communicator& world) {
         << threads << " thread" << (threads == 1 ? "" : "s");
     if (ranks) out << " on each of " << world.size() << " ranks (" << world.name() << ")";
     out << "\n";
+    out << "products " << blas.name << "\n";
     if (t.parts() > 1)
       out << "parts    each batch of " << s.batch << " in " << t.parts() << " parts of " << t.part_size()
           << " sequences, " << t.parts() / world.size() << " on each rank; gradients summed in a fixed order\n";

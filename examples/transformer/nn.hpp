@@ -557,10 +557,10 @@ class swiglu {
       auto a = ws.a.middleRows(r0, n);      // (n, F)
       auto g = ws.g.middleRows(r0, n);      // (n, F)
       auto h = ws.h.middleRows(r0, n);      // (n, F)
-      a.noalias() = xs * params.W1.transpose();
-      g.noalias() = xs * params.W3.transpose();
+      detail::serial_product(a, xs, params.W1.transpose());
+      detail::serial_product(g, xs, params.W3.transpose());
       h = (a.array() / (Scalar(1) + (-a.array()).exp()) * g.array()).matrix();  // silu(a) g
-      y.middleRows(r0, n).noalias() = h * params.W2.transpose();               // (n, C)
+      detail::serial_product(y.middleRows(r0, n), h, params.W2.transpose());  // (n, C)
     });
   }
 
@@ -582,7 +582,7 @@ class swiglu {
       const index_t n = r1 - r0;
       auto da = da_.middleRows(r0, n);  // (n, F) dh, then da
       auto dg = dg_.middleRows(r0, n);  // (n, F)
-      da.noalias() = dy.middleRows(r0, n) * params.W2;
+      detail::serial_product(da, dy.middleRows(r0, n), params.W2);
       thread_local Eigen::Array<Scalar, 1, Eigen::Dynamic> sig;  // (F) sigmoid(a) of one row
       for (index_t r = 0; r < n; ++r) {
         const auto ar = ws.a.row(r0 + r).array();
@@ -592,8 +592,8 @@ class swiglu {
         da.row(r) = (dh * ws.g.row(r0 + r).array() * sig * (Scalar(1) + ar * (Scalar(1) - sig))).matrix();
       }
       auto dxs = dx.middleRows(r0, n);  // (n, C)
-      dxs.noalias() = da * params.W1;
-      dxs.noalias() += dg * params.W3;
+      detail::serial_product(dxs, da, params.W1);
+      detail::serial_product<true>(dxs, dg, params.W3);
     });
     // Weight gradients: reductions over the rows, split by rows of the gradient instead.
     detail::product<true>(grads.W2, dy.transpose(), ws.h);  // (C, F)

@@ -7,8 +7,8 @@
 // of threads, and on a shared machine a thread that the OS deschedules holds up only the task it is in (a
 // static split would make the whole team wait for it at the end of every loop).
 //
-// Matrix products are split into row panels of the result, each an independent single-threaded Eigen
-// product. Eigen's own GEMM threading synchronises its threads by busy-waiting several times per product;
+// Matrix products are split into row panels of the result, each an independent single-threaded product
+// (Eigen's, or a BLAS's that a program installs with `set_host_gemm_kernel`). Eigen's own GEMM threading synchronises its threads by busy-waiting several times per product;
 // on a loaded machine that costs far more than it gains (a training step measured 10x slower with two
 // threads than with one while two other processes kept both cores busy). `eigen_serial` turns it off for
 // the duration of a model's forward or backward.
@@ -90,22 +90,46 @@ inline index_t product_panels(index_t rows) {
   return p - p % 2;
 }
 
-/// `dst = op(lhs) * op(rhs)` (or `dst += ...` with `Accumulate`), `op` the transpose where `TransposeLhs` /
-/// `TransposeRhs`, computed as row panels of `dst` in parallel: every product of a batch by a weight in vwn's host
-/// code. `dst` must not alias `lhs` or `rhs`. The panels depend only on the shape, so the result does not depend
-/// on the thread count. One function per scalar type and transposition, whatever the calling module's shape: a
-/// project may compile these once (see `VWN_EXTERN_HOST_GEMM`).
+/// A single-threaded matrix product on raw row-major storage, the hook through which a program hands vwn's host
+/// products to a BLAS (see `set_host_gemm_kernel`): `c = op(a) op(b)` when `accumulate` is false, `c += op(a) op(b)`
+/// when true, with `op(a)` `m x k` (`a` stored `k x m` when `transpose_a`), `op(b)` `k x n`, `c` `m x n`, and the `ld`s
+/// the distances between consecutive rows. vwn calls it from several threads at once (one call per row panel), so it
+/// must be safe to call concurrently and must not start threads of its own inside a parallel region.
+template <class Scalar>
+using host_gemm_kernel = void (*)(bool transpose_a, bool transpose_b, index_t m, index_t n, index_t k,
+                                  const Scalar* a, index_t lda, const Scalar* b, index_t ldb, bool accumulate,
+                                  Scalar* c, index_t ldc);
+
+/// The kernel the host products use, or null for Eigen's own product (the default).
+template <class Scalar>
+inline host_gemm_kernel<Scalar> host_gemm = nullptr;
+
+/// Hands the host products of `Scalar` to `kernel` (null: back to Eigen's product) and returns the previous kernel.
+/// Set it before the model runs, not while a product is in flight. The row panels of `gemm` do not change, so a
+/// kernel that is deterministic for a given shape keeps the results independent of the thread count.
+template <class Scalar>
+host_gemm_kernel<Scalar> set_host_gemm_kernel(host_gemm_kernel<Scalar> kernel) {
+  const host_gemm_kernel<Scalar> previous = host_gemm<Scalar>;
+  host_gemm<Scalar> = kernel;
+  return previous;
+}
+
+/// `dst = op(lhs) * op(rhs)` (or `dst += ...` with `Accumulate`) on the calling thread: the installed
+/// `host_gemm_kernel` where there is one, Eigen's product otherwise. `lhs` and `rhs` are the stored (untransposed)
+/// row-major operands; `dst` must not alias them.
 template <class Scalar, bool Accumulate, bool TransposeLhs, bool TransposeRhs>
-void gemm(matrix_ref<Scalar> dst, matrix_cref<Scalar> lhs, matrix_cref<Scalar> rhs) {
-  const index_t rows = dst.rows();
+void serial_gemm(matrix_ref<Scalar> dst, matrix_cref<Scalar> lhs, matrix_cref<Scalar> rhs) {
+  const index_t m = dst.rows(), n = dst.cols(), k = TransposeLhs ? lhs.rows() : lhs.cols();
+  if (const host_gemm_kernel<Scalar> kernel = host_gemm<Scalar>; kernel != nullptr && m > 0 && n > 0 && k > 0) {
+    kernel(TransposeLhs, TransposeRhs, m, n, k, lhs.data(), lhs.outerStride(), rhs.data(), rhs.outerStride(),
+           Accumulate, dst.data(), dst.outerStride());
+    return;
+  }
   const auto run = [&](const auto& l, const auto& r) {
-    for_ranges(rows, product_panels(rows), [&](index_t r0, index_t r1) {
-      auto d = dst.middleRows(r0, r1 - r0);
-      if constexpr (Accumulate)
-        d.noalias() += l.middleRows(r0, r1 - r0) * r;
-      else
-        d.noalias() = l.middleRows(r0, r1 - r0) * r;
-    });
+    if constexpr (Accumulate)
+      dst.noalias() += l * r;
+    else
+      dst.noalias() = l * r;
   };
   if constexpr (TransposeLhs && TransposeRhs)
     run(lhs.transpose(), rhs.transpose());
@@ -115,6 +139,22 @@ void gemm(matrix_ref<Scalar> dst, matrix_cref<Scalar> lhs, matrix_cref<Scalar> r
     run(lhs, rhs.transpose());
   else
     run(lhs, rhs);
+}
+
+/// `dst = op(lhs) * op(rhs)` (or `dst += ...` with `Accumulate`), `op` the transpose where `TransposeLhs` /
+/// `TransposeRhs`, computed as row panels of `dst` in parallel, each a `serial_gemm`: every product of a batch by a
+/// weight in vwn's host code. `dst` must not alias `lhs` or `rhs`. The panels depend only on the shape, so the result
+/// does not depend on the thread count. One function per scalar type and transposition, whatever the calling
+/// module's shape: a project may compile these once (see `VWN_EXTERN_HOST_GEMM`).
+template <class Scalar, bool Accumulate, bool TransposeLhs, bool TransposeRhs>
+void gemm(matrix_ref<Scalar> dst, matrix_cref<Scalar> lhs, matrix_cref<Scalar> rhs) {
+  const index_t rows = dst.rows();
+  for_ranges(rows, product_panels(rows), [&](index_t r0, index_t r1) {
+    // Rows r0..r1 of op(lhs): rows of lhs, or columns of the stored transpose.
+    const matrix_cref<Scalar> l = TransposeLhs ? matrix_cref<Scalar>(lhs.middleCols(r0, r1 - r0))
+                                               : matrix_cref<Scalar>(lhs.middleRows(r0, r1 - r0));
+    serial_gemm<Scalar, Accumulate, TransposeLhs, TransposeRhs>(dst.middleRows(r0, r1 - r0), l, rhs);
+  });
 }
 
 template <class E>
@@ -137,6 +177,15 @@ void product(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
   using Scalar = typename std::remove_reference_t<Dst>::Scalar;
   gemm<Scalar, Accumulate, is_transpose<Lhs>::value, is_transpose<Rhs>::value>(dst, untransposed(lhs),
                                                                                 untransposed(rhs));
+}
+
+/// `dst = lhs * rhs` (or `dst += lhs * rhs` with `Accumulate`) on the calling thread through `serial_gemm`, for
+/// products inside a task that already runs in parallel: operands as for `product`.
+template <bool Accumulate = false, class Dst, class Lhs, class Rhs>
+void serial_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
+  using Scalar = typename std::remove_reference_t<Dst>::Scalar;
+  serial_gemm<Scalar, Accumulate, is_transpose<Lhs>::value, is_transpose<Rhs>::value>(dst, untransposed(lhs),
+                                                                                       untransposed(rhs));
 }
 
 /// The `gemm` variants vwn's host code uses: `X(Scalar, Accumulate, TransposeLhs, TransposeRhs)`.

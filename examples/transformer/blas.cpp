@@ -8,6 +8,10 @@
 #include <mutex>
 #include <stdexcept>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <vwn/detail/parallel.hpp>
 
 #ifndef VWN_BLAS_PATH
@@ -41,12 +45,28 @@ bool fits_int(index_t v) { return v >= 0 && v <= INT_MAX; }
 
 // The host_gemm_kernel: one single-threaded CBLAS call on row-major storage. A product whose sizes do not fit the
 // BLAS's 32-bit integers is computed by Eigen instead.
+//
+// Every call runs on one thread. Inside vwn's parallel loops an OpenMP build of the BLAS does so by itself; outside
+// them (a product of one row panel) it would split the product over its own threads, and its split changes the
+// rounding with the thread count (measured: OpenBLAS 0.3.21, 100 x 384 x 512), so the thread count is 1 for the call.
 template <class Scalar>
 void kernel(bool ta, bool tb, index_t m, index_t n, index_t k, const Scalar* a, index_t lda, const Scalar* b,
             index_t ldb, bool accumulate, Scalar* c, index_t ldc) {
   if (fits_int(m) && fits_int(n) && fits_int(k) && fits_int(lda) && fits_int(ldb) && fits_int(ldc)) {
-    entry<Scalar>()(row_major, ta ? trans : no_trans, tb ? trans : no_trans, int(m), int(n), int(k), Scalar(1), a,
-                    int(lda), b, int(ldb), accumulate ? Scalar(1) : Scalar(0), c, int(ldc));
+    const auto call = [&] {
+      entry<Scalar>()(row_major, ta ? trans : no_trans, tb ? trans : no_trans, int(m), int(n), int(k), Scalar(1), a,
+                      int(lda), b, int(ldb), accumulate ? Scalar(1) : Scalar(0), c, int(ldc));
+    };
+#ifdef _OPENMP
+    if (!omp_in_parallel() && omp_get_max_threads() > 1) {
+      const int threads = omp_get_max_threads();
+      omp_set_num_threads(1);
+      call();
+      omp_set_num_threads(threads);
+      return;
+    }
+#endif
+    call();
     return;
   }
   using stride = Eigen::OuterStride<>;

@@ -154,7 +154,9 @@ int main(int argc, char** argv) {
   for (int threads : {1, 2}) {
     for (const shape& s : kShapes)
       for (const backend& be : kBackends)
-        benchmark::RegisterBenchmark((std::string(s.name) + "/" + be.name + "/" + std::to_string(threads)).c_str(),
+        benchmark::RegisterBenchmark((std::string(s.name) + " [" + std::to_string(s.m) + " x " + std::to_string(s.n) +
+                                      " x " + std::to_string(s.k) + "]/" + be.name + "/" + std::to_string(threads))
+                                         .c_str(),
                                      BM_product, s, be, threads)
             ->UseRealTime()
             ->Unit(benchmark::kMillisecond);

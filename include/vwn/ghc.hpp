@@ -14,6 +14,7 @@
 /// The per-token formulas are those of <vwn/math/ghc.hpp> and <vwn/math/norm.hpp>, shared with the CUDA back end;
 /// this file holds the host's loops over tokens, its reductions and its argument checks.
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <string>
@@ -549,7 +550,6 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
     scale = scales();
   }
   const Scalar inv_tau = math::inverse_tau(Scalar(db_));
-  const bool stream = detail::streams<Scalar>(T, wide_width());
   detail::for_chunks(T, chunks, [&](index_t c, index_t t0, index_t t1) {
     partial_grads& pg = partial[std::size_t(c)];
     slot_matrix hn, dhn;
@@ -559,7 +559,7 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
       hn.resize(N, db_);
       dhn.resize(N, db_);
     }
-    slot_matrix dHt(N, db_);  // this token's dH, written to dH once complete
+    slot_matrix dHt(N, db_);  // this token's dH, formed in the cache and written to dH once complete
     for (index_t t = t0; t < t1; ++t) {
       const coefficients ab = token_coefficients(ws, t);
       const auto Ht = slots(H, t);
@@ -615,9 +615,8 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
       } else {
         pg.d_static.template leftCols<M + N>() += da;
       }
-      detail::stream_store(detail::row_ptr(dH, t), dHt.data(), N * db_, stream);
+      std::copy_n(dHt.data(), N * db_, detail::row_ptr(dH, t));
     }
-    if (stream) detail::stream_fence();
   });
   for (const partial_grads& pg : partial) {
     grads.alpha += pg.d_static.template leftCols<M + N>();

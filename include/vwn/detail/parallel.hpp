@@ -9,9 +9,9 @@
 //
 // Matrix products are split into row panels of the result, each an independent single-threaded product
 // (Eigen's, or a BLAS's that a program installs with `set_host_gemm_kernel`). Eigen's own GEMM threading
-// synchronises its threads by busy-waiting several times per product; on a loaded machine that costs far more than it gains (a training step measured 10x slower with two
-// threads than with one while two other processes kept both cores busy). `eigen_serial` turns it off for
-// the duration of a model's forward or backward.
+// synchronises its threads by busy-waiting several times per product; on a loaded machine that costs far more
+// than it gains (a training step measured 10x slower with two threads than with one while two other processes
+// kept both cores busy). `eigen_serial` turns it off for the duration of a model's forward or backward.
 
 #include <algorithm>
 #include <cstddef>

@@ -22,6 +22,7 @@
 
 #include "core/checks.hpp"
 #include "core/config.hpp"
+#include "core/connection.hpp"
 #include "core/random.hpp"
 #include "core/shape.hpp"
 #include "core/shapes.hpp"
@@ -267,10 +268,107 @@ void small_product_nt(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
   }
 }
 
+/// The per-token width and depth connections of shape `(M, N)` given a token's coefficients `[a | b]`, on rows of
+/// `db` values: the host loops every connection family shares (`basic_ghc` of each family calls them).
+template <int M, int N, class Scalar>
+struct ghc_token_ops {
+  using coefficients = fixed_matrix<Scalar, N, 2 * M + N>;
+  using slot_matrix = Eigen::Matrix<Scalar, N, Eigen::Dynamic, Eigen::RowMajor>;
+  using segment_matrix = Eigen::Matrix<Scalar, M, Eigen::Dynamic, Eigen::RowMajor>;
+  index_t db;
+
+  // Token t of a T x (n db) batch as an n x db matrix (and T x (m db) as m x db).
+  template <class Ref>
+  auto slots(Ref& a, index_t t) const {
+    using Map = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(a.data())>>,
+                                   Eigen::Map<const slot_matrix>, Eigen::Map<slot_matrix>>;
+    return Map(row_ptr(a, t), N, db);
+  }
+  template <class Ref>
+  auto segments(Ref& a, index_t t) const {
+    using Map = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(a.data())>>,
+                                   Eigen::Map<const segment_matrix>, Eigen::Map<segment_matrix>>;
+    return Map(row_ptr(a, t), M, db);
+  }
+
+  /// X_t = a[:, :m]^T H_t, C_t = a[:, m:m+n]^T H_t.
+  void mix(const coefficients& ab, const matrix_cref<Scalar>& H, matrix_ref<Scalar>& X, matrix_ref<Scalar>& C,
+           index_t t) const {
+    if constexpr (ghc_uses_gemm<M, N>) {
+      const auto Ht = slots(H, t);
+      segments(X, t).noalias() = ab.template leftCols<M>().transpose() * Ht;
+      slots(C, t).noalias() = ab.template middleCols<N>(M).transpose() * Ht;
+    } else {
+      math::mix_width<M, N>(entries<coefficients>{ab}, rows<const Scalar>{row_ptr(H, t), db},
+                            rows<Scalar>{row_ptr(X, t), db}, rows<Scalar>{row_ptr(C, t), db});
+    }
+  }
+
+  /// H_out_t = b Z_t + C_t (`acc` a row of `db` values for the in-place case).
+  void depth(const coefficients& ab, const matrix_cref<Scalar>& Z, const matrix_cref<Scalar>& C,
+             matrix_ref<Scalar>& H_out, index_t t, bool in_place, row_array<Scalar>& acc) const {
+    if constexpr (ghc_uses_gemm<M, N>) {
+      auto Ho = slots(H_out, t);
+      if (in_place) {
+        const slot_matrix bz = ab.template rightCols<M>() * segments(Z, t);
+        Ho += bz;
+      } else {
+        Ho.noalias() = ab.template rightCols<M>() * segments(Z, t);
+        Ho += slots(C, t);
+      }
+    } else {
+      const rows<const Scalar> z{row_ptr(Z, t), db}, c{row_ptr(C, t), db};
+      const rows<Scalar> out{row_ptr(H_out, t), db};
+      const auto b = [&](int j, int k) { return ab(j, M + N + k); };  // b = ab[:, m+n:]
+      for (int j = 0; j < N; ++j) {
+        if (in_place)
+          math::depth_slot<M>(b, j, z, c(j), acc, out(j));
+        else
+          math::depth_slot<M>(b, j, z, c(j), out(j), out(j));
+      }
+    }
+  }
+
+  /// dZ_t = b^T dH_out_t.
+  void depth_backward(const coefficients& ab, const matrix_cref<Scalar>& dH_out, matrix_ref<Scalar>& dZ,
+                      index_t t) const {
+    if constexpr (ghc_uses_gemm<M, N>) {
+      segments(dZ, t).noalias() = ab.template rightCols<M>().transpose() * slots(dH_out, t);
+    } else {
+      const auto b = [&](int j, int k) { return ab(j, M + N + k); };
+      math::depth_backward<M, N>(b, rows<const Scalar>{row_ptr(dH_out, t), db}, rows<Scalar>{row_ptr(dZ, t), db});
+    }
+  }
+
+  /// Through the mixing: dH_t = a [dX_t; dC_t] into `dHt` (`n x db`), and d a = H_t [dX_t; dC_t]^T into `da`.
+  void mix_backward(const coefficients& ab, const matrix_cref<Scalar>& H, const matrix_cref<Scalar>& dX,
+                    const matrix_cref<Scalar>& dC, index_t t, slot_matrix& dHt,
+                    fixed_matrix<Scalar, N, M + N>& da) const {
+    const auto Ht = slots(H, t);
+    const auto dXt = segments(dX, t);
+    const auto dCt = slots(dC, t);
+    if constexpr (ghc_uses_gemm<M, N>) {
+      dHt.noalias() = ab.template leftCols<M>() * dXt;
+      dHt.noalias() += ab.template middleCols<N>(M) * dCt;
+    } else {
+      const rows<const Scalar> dx{row_ptr(dX, t), db}, dc{row_ptr(dC, t), db};
+      const auto dmix = [&](int i) { return i < M ? dx(i) : dc(i - M); };
+      const rows<Scalar> dh{dHt.data(), db};
+      for (int j = 0; j < N; ++j) math::mix_width_backward<M, N>(entries<coefficients>{ab}, j, dmix, dh(j));
+    }
+    small_product_nt<false>(da.template leftCols<M>(), Ht, dXt);
+    small_product_nt<false>(da.template rightCols<N>(), Ht, dCt);
+  }
+};
+
 }  // namespace detail
 
+template <int M, int N, class Scalar, bool Dynamic, class Connection = vwn_connection>
+class basic_ghc;
+
 /// A Generalized Hyper-Connection sub-layer of compile-time shape `(M, N)`, static (`Dynamic = false`)
-/// or dynamic (`Dynamic = true`), on the host back end. Use the aliases `vwn::ghc` and `vwn::dghc`.
+/// or dynamic (`Dynamic = true`), on the host back end, with the VWN paper's coefficients (`vwn_connection`; the
+/// manifold-constrained families are the specialisations of <vwn/mhc.hpp>). Use the aliases `vwn::ghc` and `vwn::dghc`.
 ///
 /// Call order for one sub-layer, forward then backward:
 /// ```
@@ -282,13 +380,16 @@ void small_product_nt(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
 ///   layer.backward_width(vwn::host, H, dX, dH_out, dH, ws); // dH: T x D'
 /// ```
 /// Parameter gradients accumulate into `grads` (`zero_grad()` clears them), as in llm.c and PyTorch.
-template <int M, int N, class Scalar, bool Dynamic>
+template <int M, int N, class Scalar, bool Dynamic, class Connection>
 class basic_ghc : public widths<M, N> {
+  static_assert(std::is_same_v<Connection, vwn_connection>, "vwn::basic_ghc: the manifold families are in <vwn/mhc.hpp>");
   static_assert(detail::is_supported_scalar<Scalar>, "vwn: Scalar must be float or double");
 
  public:
   using shape = width_shape<M, N>;
   using scalar = Scalar;
+  /// The connection family (`vwn_connection`).
+  using connection = Connection;
   using parameters = ghc_parameters<M, N, Scalar, Dynamic>;
   using workspace = ghc_workspace<M, N, Scalar, Dynamic>;
   /// Per-token coefficient block `[a | b]`, `n x (2m+n)`.
@@ -371,15 +472,11 @@ class basic_ghc : public widths<M, N> {
   // Token t of a T x (n db) batch as an n x db matrix (and T x (m db) as m x db).
   template <class Ref>
   auto slots(Ref& a, index_t t) const {
-    using Map = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(a.data())>>,
-                                   Eigen::Map<const slot_matrix>, Eigen::Map<slot_matrix>>;
-    return Map(detail::row_ptr(a, t), N, db_);
+    return ops().slots(a, t);
   }
   template <class Ref>
   auto segments(Ref& a, index_t t) const {
-    using Map = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(a.data())>>,
-                                   Eigen::Map<const segment_matrix>, Eigen::Map<segment_matrix>>;
-    return Map(detail::row_ptr(a, t), M, db_);
+    return ops().segments(a, t);
   }
 
   // [alpha | beta]
@@ -407,7 +504,10 @@ class basic_ghc : public widths<M, N> {
 
   // X_t = a[:, :m]^T H_t, C_t = a[:, m:m+n]^T H_t.
   void mix(const coefficients& ab, const matrix_cref<Scalar>& H, matrix_ref<Scalar>& X, matrix_ref<Scalar>& C,
-           index_t t) const;
+           index_t t) const {
+    ops().mix(ab, H, X, C, t);
+  }
+  detail::ghc_token_ops<M, N, Scalar> ops() const { return {db_}; }
 
   using widths<M, N>::D_;
   using widths<M, N>::db_;
@@ -418,8 +518,8 @@ class basic_ghc : public widths<M, N> {
   using widths<M, N>::wide_width;
 };
 
-template <int M, int N, class Scalar, bool Dynamic>
-void basic_ghc<M, N, Scalar, Dynamic>::forward_width(host_t, matrix_cref<Scalar> H, matrix_ref<Scalar> X, matrix_ref<Scalar> C, workspace& ws) const {
+template <int M, int N, class Scalar, bool Dynamic, class Connection>
+void basic_ghc<M, N, Scalar, Dynamic, Connection>::forward_width(host_t, matrix_cref<Scalar> H, matrix_ref<Scalar> X, matrix_ref<Scalar> C, workspace& ws) const {
   const std::string where = name() + "::forward_width";
   const index_t T = checks(where).forward_width(H, X, C);
   if constexpr (Dynamic) {
@@ -461,42 +561,20 @@ void basic_ghc<M, N, Scalar, Dynamic>::forward_width(host_t, matrix_cref<Scalar>
   }
 }
 
-template <int M, int N, class Scalar, bool Dynamic>
-void basic_ghc<M, N, Scalar, Dynamic>::forward_depth(host_t, matrix_cref<Scalar> Z, matrix_cref<Scalar> C, matrix_ref<Scalar> H_out,
+template <int M, int N, class Scalar, bool Dynamic, class Connection>
+void basic_ghc<M, N, Scalar, Dynamic, Connection>::forward_depth(host_t, matrix_cref<Scalar> Z, matrix_cref<Scalar> C, matrix_ref<Scalar> H_out,
                      const workspace& ws) const {
   const std::string where = name() + "::forward_depth";
   const bool in_place = checks(where).forward_depth(ws.tokens, Z, C, H_out);
   const index_t T = ws.tokens;
   detail::for_chunks(T, detail::reduction_chunks, [&](index_t, index_t t0, index_t t1) {
     detail::row_array<Scalar> acc(db_);  // the sum b Z of one slot, when H_out is C
-    for (index_t t = t0; t < t1; ++t) {
-      const coefficients ab = token_coefficients(ws, t);
-      if constexpr (detail::ghc_uses_gemm<M, N>) {
-        auto Ho = slots(H_out, t);
-        if (in_place) {
-          const slot_matrix bz = ab.template rightCols<M>() * segments(Z, t);
-          Ho += bz;
-        } else {
-          Ho.noalias() = ab.template rightCols<M>() * segments(Z, t);
-          Ho += slots(C, t);
-        }
-      } else {
-        const detail::rows<const Scalar> z{detail::row_ptr(Z, t), db_}, c{detail::row_ptr(C, t), db_};
-        const detail::rows<Scalar> out{detail::row_ptr(H_out, t), db_};
-        const auto b = [&](int j, int k) { return ab(j, M + N + k); };  // b = ab[:, m+n:]
-        for (int j = 0; j < N; ++j) {
-          if (in_place)
-            math::depth_slot<M>(b, j, z, c(j), acc, out(j));
-          else
-            math::depth_slot<M>(b, j, z, c(j), out(j), out(j));
-        }
-      }
-    }
+    for (index_t t = t0; t < t1; ++t) ops().depth(token_coefficients(ws, t), Z, C, H_out, t, in_place, acc);
   });
 }
 
-template <int M, int N, class Scalar, bool Dynamic>
-void basic_ghc<M, N, Scalar, Dynamic>::backward_depth(host_t, matrix_cref<Scalar> dH_out, matrix_cref<Scalar> Z, matrix_ref<Scalar> dZ,
+template <int M, int N, class Scalar, bool Dynamic, class Connection>
+void basic_ghc<M, N, Scalar, Dynamic, Connection>::backward_depth(host_t, matrix_cref<Scalar> dH_out, matrix_cref<Scalar> Z, matrix_ref<Scalar> dZ,
                       workspace& ws) {
   const std::string where = name() + "::backward_depth";
   checks(where).backward_depth(ws.tokens, dH_out, Z, dZ);
@@ -506,16 +584,9 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_depth(host_t, matrix_cref<Scalar
                                                   fixed_matrix<Scalar, N, M>::Zero());
   detail::for_chunks(T, chunks, [&](index_t c, index_t t0, index_t t1) {
     for (index_t t = t0; t < t1; ++t) {
-      const coefficients ab = token_coefficients(ws, t);
       const auto dHo = slots(dH_out, t);
       const auto Zt = segments(Z, t);
-      if constexpr (detail::ghc_uses_gemm<M, N>) {
-        segments(dZ, t).noalias() = ab.template rightCols<M>().transpose() * dHo;
-      } else {
-        const auto b = [&](int j, int k) { return ab(j, M + N + k); };
-        math::depth_backward<M, N>(b, detail::rows<const Scalar>{detail::row_ptr(dH_out, t), db_},
-                                   detail::rows<Scalar>{detail::row_ptr(dZ, t), db_});
-      }
+      ops().depth_backward(token_coefficients(ws, t), dH_out, dZ, t);
       // d b = dH_out Z^T, a reduction over the slot width.
       if constexpr (Dynamic) {
         Eigen::Map<fixed_matrix<Scalar, N, M>> dbt(ws.dB.data() + t * N * M);
@@ -529,8 +600,8 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_depth(host_t, matrix_cref<Scalar
     for (const auto& p : partial) grads.beta += p;
 }
 
-template <int M, int N, class Scalar, bool Dynamic>
-void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar> H, matrix_cref<Scalar> dX, matrix_cref<Scalar> dC,
+template <int M, int N, class Scalar, bool Dynamic, class Connection>
+void basic_ghc<M, N, Scalar, Dynamic, Connection>::backward_width(host_t, matrix_cref<Scalar> H, matrix_cref<Scalar> dX, matrix_cref<Scalar> dC,
                       matrix_ref<Scalar> dH, workspace& ws) {
   const std::string where = name() + "::backward_width";
   checks(where).backward_width(ws.tokens, H, dX, dC, dH);
@@ -561,24 +632,10 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
     }
     slot_matrix dHt(N, db_);  // this token's dH, formed in the cache and written to dH once complete
     for (index_t t = t0; t < t1; ++t) {
-      const coefficients ab = token_coefficients(ws, t);
       const auto Ht = slots(H, t);
-      const auto dXt = segments(dX, t);
-      const auto dCt = slots(dC, t);
-      // Through the mixing: dH = a [dX; dC].
-      if constexpr (detail::ghc_uses_gemm<M, N>) {
-        dHt.noalias() = ab.template leftCols<M>() * dXt;
-        dHt.noalias() += ab.template middleCols<N>(M) * dCt;
-      } else {
-        const detail::rows<const Scalar> dx{detail::row_ptr(dX, t), db_}, dc{detail::row_ptr(dC, t), db_};
-        const auto dmix = [&](int i) { return i < M ? dx(i) : dc(i - M); };
-        const detail::rows<Scalar> dh{dHt.data(), db_};
-        for (int j = 0; j < N; ++j) math::mix_width_backward<M, N>(detail::entries<coefficients>{ab}, j, dmix, dh(j));
-      }
-      // d a = H [dX; dC]^T, a reduction over the slot width.
+      // Through the mixing: dH = a [dX; dC], and d a = H [dX; dC]^T (a reduction over the slot width).
       fixed_matrix<Scalar, N, M + N> da;
-      detail::small_product_nt<false>(da.template leftCols<M>(), Ht, dXt);
-      detail::small_product_nt<false>(da.template rightCols<N>(), Ht, dCt);
+      ops().mix_backward(token_coefficients(ws, t), H, dX, dC, t, dHt, da);
       if constexpr (Dynamic) {
         coefficients dab;
         dab << da, Eigen::Map<const fixed_matrix<Scalar, N, M>>(ws.dB.data() + t * N * M);
@@ -631,8 +688,8 @@ void basic_ghc<M, N, Scalar, Dynamic>::backward_width(host_t, matrix_cref<Scalar
   }
 }
 
-template <int M, int N, class Scalar, bool Dynamic>
-typename basic_ghc<M, N, Scalar, Dynamic>::coefficients basic_ghc<M, N, Scalar, Dynamic>::token_coefficients(const workspace& ws, index_t t) const {
+template <int M, int N, class Scalar, bool Dynamic, class Connection>
+typename basic_ghc<M, N, Scalar, Dynamic, Connection>::coefficients basic_ghc<M, N, Scalar, Dynamic, Connection>::token_coefficients(const workspace& ws, index_t t) const {
   if constexpr (Dynamic) {
     coefficients ab;
     math::coefficients(scales().array(), Eigen::Map<const coefficients>(ws.P.data() + t * N * K).array(),
@@ -643,27 +700,13 @@ typename basic_ghc<M, N, Scalar, Dynamic>::coefficients basic_ghc<M, N, Scalar, 
   }
 }
 
-template <int M, int N, class Scalar, bool Dynamic>
-void basic_ghc<M, N, Scalar, Dynamic>::mix(const coefficients& ab, const matrix_cref<Scalar>& H, matrix_ref<Scalar>& X, matrix_ref<Scalar>& C,
-           index_t t) const {
-  if constexpr (detail::ghc_uses_gemm<M, N>) {
-    const auto Ht = slots(H, t);
-    segments(X, t).noalias() = ab.template leftCols<M>().transpose() * Ht;
-    slots(C, t).noalias() = ab.template middleCols<N>(M).transpose() * Ht;
-  } else {
-    math::mix_width<M, N>(detail::entries<coefficients>{ab}, detail::rows<const Scalar>{detail::row_ptr(H, t), db_},
-                          detail::rows<Scalar>{detail::row_ptr(X, t), db_},
-                          detail::rows<Scalar>{detail::row_ptr(C, t), db_});
-  }
-}
-
 /// Static Generalized Hyper-Connection of shape `(M, N)`: `ghc<2, 3>` widens by 1.5x.
-template <int M, int N, class Scalar = float>
-using ghc = basic_ghc<M, N, Scalar, false>;
+template <int M, int N, class Scalar = float, class Connection = vwn_connection>
+using ghc = basic_ghc<M, N, Scalar, false, Connection>;
 
 /// Dynamic Generalized Hyper-Connection of shape `(M, N)`.
-template <int M, int N, class Scalar = float>
-using dghc = basic_ghc<M, N, Scalar, true>;
+template <int M, int N, class Scalar = float, class Connection = vwn_connection>
+using dghc = basic_ghc<M, N, Scalar, true, Connection>;
 
 /// Hyper-Connections (expansion rate `N`, `m = 1`), static.
 template <int N, class Scalar = float>

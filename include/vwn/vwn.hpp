@@ -6,6 +6,7 @@
 
 #include "core/checks.hpp"
 #include "core/config.hpp"
+#include "core/connection.hpp"
 #include "core/host_device.hpp"
 #include "core/random.hpp"
 #include "core/shape.hpp"
@@ -14,9 +15,11 @@
 #include <vwn/core/version.hpp>
 #include "math/contract.hpp"
 #include "math/ghc.hpp"
+#include "math/mhc.hpp"
 #include "math/norm.hpp"
 #include "embedding.hpp"
 #include "ghc.hpp"
+#include "mhc.hpp"
 #include "mtp.hpp"
 #include "precompiled.hpp"
 #include "reduce.hpp"

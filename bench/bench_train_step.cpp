@@ -6,6 +6,10 @@
 // BM_overhead/<D> measures the cost of VWN (2,3) dynamic over the (1,1) baseline (both without MTP) by
 // alternating steps of the two models in one process, so that load from other processes on a shared machine
 // affects both alike; it reports the median of the per-pair ratios.
+//
+// BM_connections<M, N>/<D> does the same for the connection families (docs/mhc.md) of one dynamic shape with MTP:
+// a step of each of vwn, mhc, mhc-lite (n <= 5) in rotating order per iteration, the median milliseconds of each and
+// the median ratio of each family's step to vwn's.
 
 #include <benchmark/benchmark.h>
 
@@ -13,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,9 +37,9 @@ struct trainer {
   std::vector<std::int32_t> tokens;
   double loss = 0;
 
-  static vwn::model::config settings(vwn::index_t D, bool mtp) {
+  static vwn::model::config settings(vwn::index_t D, bool mtp, const std::string& connection = "vwn") {
     vwn::model::config c;
-    c.shape = {M, N, Dynamic};
+    c.shape = {M, N, Dynamic, connection};
     c.width = D;
     c.layers = kLayers;
     c.heads = D / 64;
@@ -43,7 +48,7 @@ struct trainer {
     return c;
   }
 
-  trainer(vwn::index_t D, bool mtp) : model(settings(D, mtp)) {
+  trainer(vwn::index_t D, bool mtp, const std::string& connection = "vwn") : model(settings(D, mtp, connection)) {
     model.visit([&](const std::string& name, float* p, float* g, vwn::index_t size, bool decay) {
       opt.add(name, p, g, size, decay);
     });
@@ -116,6 +121,35 @@ void BM_overhead(benchmark::State& state) {
   state.counters["overhead_pct"] = 100 * (median(ratio) - 1);
 }
 
+// One iteration = one step of each connection family offered for (M, N), dynamic with MTP, in rotating order.
+template <int M, int N>
+void BM_connections(benchmark::State& state) {
+  std::vector<std::string> names{"vwn", "mhc"};
+  if (N <= vwn::mhc_lite_connection::max_n) names.push_back("mhc-lite");
+  std::vector<std::unique_ptr<trainer<M, N, true>>> t;
+  for (const std::string& c : names) t.push_back(std::make_unique<trainer<M, N, true>>(state.range(0), true, c));
+  const std::size_t k = names.size();
+  std::vector<std::vector<double>> ms(k), ratio(k);
+  std::size_t first = 0;
+  for (auto _ : state) {
+    std::vector<double> now(k);
+    double total = 0;
+    for (std::size_t i = 0; i < k; ++i) {
+      const std::size_t c = (first + i) % k;
+      now[c] = t[c]->timed_step();
+      total += now[c];
+    }
+    first = (first + 1) % k;
+    for (std::size_t c = 0; c < k; ++c) ms[c].push_back(now[c]), ratio[c].push_back(now[c] / now[0]);
+    state.SetIterationTime(1e-3 * total);
+  }
+  for (std::size_t c = 0; c < k; ++c) {
+    if (!std::isfinite(t[c]->loss)) state.SkipWithError(("non-finite loss in " + names[c]).c_str());
+    state.counters[names[c] + "_ms"] = median(ms[c]);
+    if (c > 0) state.counters[names[c] + "_over_vwn"] = median(ratio[c]);
+  }
+}
+
 }  // namespace
 
 // Extra flag: --steps=N runs every benchmark for exactly N steps (N pairs for BM_overhead) after its warm-up
@@ -142,6 +176,14 @@ int main(int argc, char** argv) {
   fix(benchmark::RegisterBenchmark("BM_train_step<8, 32, true>", BM_train_step<8, 32, true>))
       ->Args({256, 1})->Args({512, 1})->UseRealTime();
   fix(benchmark::RegisterBenchmark("BM_overhead", BM_overhead))->Arg(256)->Arg(512)->UseManualTime();
+  // The connection families at the paper's (1,4), the practical (2,3) and VWN's (8,32), D = 128 (the scaling
+  // experiment's width) and 256, where the build compiles the shape.
+  if (vwn::is_compiled_shape(1, 4))
+    fix(benchmark::RegisterBenchmark("BM_connections<1, 4>", BM_connections<1, 4>))->Arg(128)->Arg(256)->UseManualTime();
+  if (vwn::is_compiled_shape(2, 3))
+    fix(benchmark::RegisterBenchmark("BM_connections<2, 3>", BM_connections<2, 3>))->Arg(128)->Arg(256)->UseManualTime();
+  if (vwn::is_compiled_shape(8, 32))
+    fix(benchmark::RegisterBenchmark("BM_connections<8, 32>", BM_connections<8, 32>))->Arg(128)->Arg(256)->UseManualTime();
   // The products on the configured BLAS, as in vwn-train (VWN_BLAS=off in the environment: Eigen's own product).
   benchmark::AddCustomContext("products", vwn::model::use_default_blas().name);
   int n = int(args.size());

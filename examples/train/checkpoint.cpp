@@ -64,7 +64,7 @@ void expect_checkpoint_fits(const checkpoint& c, std::optional<double> available
     throw std::runtime_error(checkpoint_error_prefix(c.path) + "its settings describe a model of " +
                              detail::format_double(described) + " parameters (--width " + std::to_string(c.config.model.width) +
                              ", --layers " + std::to_string(c.config.model.layers) + ", shape " +
-                             model::shape_choice{c.config.m, c.config.n, c.config.dynamic}.label() + "), but the file holds " +
+                             c.config.shape().label() + "), but the file holds " +
                              detail::format_double(held) + " model values");
   // Sampling runs one sequence at a time: the run's batch does not matter there.
   settings needs = c.config;
@@ -211,7 +211,7 @@ void add_trained_parameters(optim::adamw<float>& opt, model::transformer<float>&
 
 std::unique_ptr<model::transformer<float>> load_model(const checkpoint& c) {
   detail::expect_checkpoint_fits(c, available_memory(), false);
-  auto m = model::make_transformer({c.config.m, c.config.n, c.config.dynamic}, c.config.model_config());
+  auto m = model::make_transformer(c.config.shape(), c.config.model_config());
   // The optimiser's moments are checked and read like a resume does (so both programs accept exactly the same
   // files), into a state that is then dropped.
   optim::adamw<float> opt;

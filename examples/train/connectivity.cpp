@@ -45,6 +45,23 @@ Eigen::MatrixXd token_connectivity(int m, int n, const std::vector<Eigen::Matrix
   return out;
 }
 
+Eigen::MatrixXd token_gains(int m, int n, const std::vector<Eigen::MatrixXd>& coefficients) {
+  const index_t K = index_t(coefficients.size());
+  Eigen::MatrixXd out(K, 4);
+  Eigen::MatrixXd composite = Eigen::MatrixXd::Identity(n, n);
+  const auto row_gain = [](const Eigen::MatrixXd& p) { return p.cwiseAbs().rowwise().sum().maxCoeff(); };
+  const auto column_gain = [](const Eigen::MatrixXd& p) { return p.cwiseAbs().colwise().sum().maxCoeff(); };
+  for (index_t l = 0; l < K; ++l) {
+    const Eigen::MatrixXd res = coefficients[std::size_t(l)].middleCols(m, n).transpose();  // H_res,l = Â_l^T
+    composite = res * composite;
+    out(l, 0) = row_gain(res);
+    out(l, 1) = column_gain(res);
+    out(l, 2) = row_gain(composite);
+    out(l, 3) = column_gain(composite);
+  }
+  return out;
+}
+
 connectivity_map model_connectivity(model::transformer<float>& model, const std::string& text, index_t max_tokens) {
   const model::config& c = model.settings();
   connectivity_map map;
@@ -63,6 +80,7 @@ connectivity_map model_connectivity(model::transformer<float>& model, const std:
     model.forward(host, tokens, tokens, c.mtp ? std::span<const std::int32_t>(tokens) : std::span<const std::int32_t>(),
                   index_t(tokens.size()));
     map.strength = token_connectivity(map.m, map.n, coefficients_of(0));
+    map.gain = token_gains(map.m, map.n, coefficients_of(0));
     map.tokens = 1;
     return map;
   }
@@ -70,6 +88,7 @@ connectivity_map model_connectivity(model::transformer<float>& model, const std:
     throw std::invalid_argument("vwn::train::model_connectivity: text: expected at least 3 bytes to average the dynamic "
                                 "coefficients over, got " + std::to_string(text.size()));
   map.strength = Eigen::MatrixXd::Zero(K, K + 1);
+  map.gain = Eigen::MatrixXd::Zero(K, 4);
   index_t done = 0;
   for (std::size_t start = 0; done < max_tokens && start + 2 < text.size(); start += std::size_t(T)) {
     const index_t len = std::min<index_t>({T, index_t(text.size() - start - 2), max_tokens - done});
@@ -82,12 +101,15 @@ connectivity_map model_connectivity(model::transformer<float>& model, const std:
     }
     model.forward(host, in, next, c.mtp ? std::span<const std::int32_t>(next2) : std::span<const std::int32_t>(), len);
     for (index_t t = 0; t < len; ++t) {
-      const Eigen::MatrixXd s = token_connectivity(map.m, map.n, coefficients_of(t));
+      const std::vector<Eigen::MatrixXd> ab = coefficients_of(t);
+      const Eigen::MatrixXd s = token_connectivity(map.m, map.n, ab);
       map.strength += s.unaryExpr([](double v) { return std::isnan(v) ? 0.0 : v; });
+      map.gain += token_gains(map.m, map.n, ab);
     }
     done += len;
   }
   map.strength /= double(done);
+  map.gain /= double(done);
   for (index_t l = 0; l < K; ++l)
     for (index_t s = l + 1; s <= K; ++s) map.strength(l, s) = std::numeric_limits<double>::quiet_NaN();
   map.tokens = done;
@@ -110,6 +132,11 @@ void write_connectivity_csv(const fs::path& path, const connectivity_map& map) {
     for (index_t l = 0; l < map.sublayers(); ++l)
       o << l << "," << connectivity_map::sublayer_name(l) << ",embedding_share,embedding_share,"
         << map.embedding_share(l) << "\n";
+    const char* gains[4] = {"gain_forward", "gain_backward", "composite_gain_forward", "composite_gain_backward"};
+    for (int g = 0; g < 4 && map.gain.rows() == map.sublayers(); ++g)
+      for (index_t l = 0; l < map.sublayers(); ++l)
+        o << l << "," << connectivity_map::sublayer_name(l) << "," << gains[g] << "," << gains[g] << ","
+          << map.gain(l, g) << "\n";
     o.close();
     if (!o) throw std::runtime_error("cannot write '" + tmp.string() + "'");
   }

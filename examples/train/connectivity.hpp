@@ -16,6 +16,11 @@
 /// strength 1 from every earlier sub-layer and from the embedding. For dynamic GHC the coefficients differ per
 /// token: the map is the mean over tokens of each token's strengths (each token's operators composed from its own
 /// coefficients). The **embedding share** of sub-layer `l` is `strength(E_l) / (strength(E_l) + sum_t strength(M_{l,t}))`.
+///
+/// The **Amax gain magnitude** (mHC, section 3.1): with `H_res,l = Â_l^T` the residual mapping of sub-layer `l`
+/// (`H_{l+1} = H_res,l H_l + ...`) and `P_l = H_res,l ... H_res,0` the composite mapping from the embedding, the forward
+/// gain is the largest absolute row sum `max_i sum_j |P(i, j)|` and the backward gain the largest absolute column sum;
+/// both for the single mapping `H_res,l` and for the composite `P_l`, each token's gains averaged over the tokens.
 
 #include <filesystem>
 #include <string>
@@ -32,6 +37,8 @@ namespace vwn::train {
 struct connectivity_map {
   int m = 1, n = 1;
   Eigen::MatrixXd strength;  ///< `K x (K+1)`
+  /// `K x 4`: the Amax gains of sub-layer `l`: single forward, single backward, composite forward, composite backward.
+  Eigen::MatrixXd gain;
   index_t tokens = 0;        ///< tokens averaged over
   /// Number of sub-layers `K`.
   index_t sublayers() const { return strength.rows(); }
@@ -43,6 +50,9 @@ struct connectivity_map {
 
 /// Strengths of one token: `coefficients[k]` is `[a_k | b_k]` (`n x (2m+n)`) of sub-layer `k`. Returns `K x (K+1)`.
 Eigen::MatrixXd token_connectivity(int m, int n, const std::vector<Eigen::MatrixXd>& coefficients);
+
+/// Amax gains of one token (the columns of `connectivity_map::gain`), from the same coefficients. Returns `K x 4`.
+Eigen::MatrixXd token_gains(int m, int n, const std::vector<Eigen::MatrixXd>& coefficients);
 
 /// The map of `model` averaged over up to `max_tokens` tokens of `text` (windows of the model's context, from the
 /// start); a static model needs no text (its coefficients do not depend on the token) and gets one token's map.

@@ -79,6 +79,18 @@ std::vector<setting_field> make_fields() {
   f.push_back(toggle("dynamic", "--static", "dynamic GHC (DGHC); --static for static GHC",
                      [](auto& s) -> auto& { return s.dynamic; }));
   f.back().default_text = "dynamic";
+  {
+    setting_field x = field("connection", "C",
+                            "GHC connection family: vwn (the VWN paper's), mhc (Sinkhorn-projected carry), mhc-lite "
+                            "(permutation mixture, n <= 5), mhc-v4 (DeepSeek-V4's variant of mhc); docs/mhc.md");
+    x.get = [](const settings& s) { return s.connection; };
+    x.set = [](settings& s, std::string_view v) {
+      if (!dispatch_connection(v, []<class>() {})) detail::bad_value("--connection", connection_names_text(), v);
+      s.connection = std::string(v);
+    };
+    x.absent = "vwn";  // checkpoints written before the setting existed used the VWN family
+    f.push_back(std::move(x));
+  }
   f.push_back(integer("width", "N", "backbone width D (a multiple of m and of heads)",
                       [](auto& s) -> auto& { return s.model.width; }, 1));
   f.push_back(integer("layers", "N", "transformer blocks L", [](auto& s) -> auto& { return s.model.layers; }, 1));
@@ -168,10 +180,10 @@ const setting_field* find_field(std::string_view key) {
 std::string default_text(const setting_field& f) { return f.default_text.empty() ? f.get(settings()) : f.default_text; }
 
 void validate(const settings& s) {
-  const model::shape_choice shape{s.m, s.n, s.dynamic};
+  const model::shape_choice shape = s.shape();
   const auto available = model::available_shapes();
   if (std::find(available.begin(), available.end(), shape) == available.end())
-    detail::bad_setting("--m/--n/--dynamic", "one of the compiled configurations " + model::available_shapes_text(),
+    detail::bad_setting("--m/--n/--dynamic/--connection", "one of the compiled configurations " + model::available_shapes_text(),
                         shape.label());
   const auto& c = s.model;
   if (c.width % s.m != 0)
@@ -285,7 +297,7 @@ void expect_memory_fits(const settings& s, std::optional<double> available, doub
   msg += "this run needs about " + byte_text(need.total()) + " of memory, more than the " + byte_text(*available) +
          " available (the parameters with their gradients, optimiser state and checkpoint copy need " +
          byte_text(need.parameters) + " at --width " + std::to_string(c.width) + ", --layers " + std::to_string(c.layers) +
-         ", --ffn " + std::to_string(c.ffn()) + ", shape " + model::shape_choice{s.m, s.n, s.dynamic}.label() +
+         ", --ffn " + std::to_string(c.ffn()) + ", shape " + s.shape().label() +
          "; the activations of " +
          (micro_batch > 0 && micro_batch < s.batch ? "a part of --micro-batch " + std::to_string(micro_batch)
                                                    : "a batch of --batch " + std::to_string(s.batch)) +

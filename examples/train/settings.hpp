@@ -22,6 +22,7 @@ struct settings {
   int m = 2;              ///< GHC shape: backbone blocks `m`
   int n = 3;              ///< GHC shape: over-width blocks `n`
   bool dynamic = true;    ///< dynamic (DGHC) or static GHC
+  std::string connection = "vwn";  ///< GHC connection family: vwn, mhc, mhc-lite, mhc-v4 (<vwn/core/connection.hpp>)
   model::config model{};  ///< sizes; `model.seed` is overwritten with `seed`
   index_t batch = 8;      ///< sequences per step `B`
   double lr = 3e-3;       ///< peak learning rate
@@ -48,10 +49,12 @@ struct settings {
     model.context = 128;
     model.mtp = true;
   }
+  /// The width shape, GHC kind and connection family.
+  model::shape_choice shape() const { return {m, n, dynamic, connection}; }
   /// The model settings with the run's seed.
   model::config model_config() const {
     model::config c = model;
-    c.shape = {m, n, dynamic};
+    c.shape = shape();
     c.seed = seed;
     return c;
   }

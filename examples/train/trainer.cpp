@@ -62,7 +62,7 @@ trainer::trainer(const settings& s, const data::text_corpus& corpus, const paral
       own_world_(p.world ? nullptr : std::make_shared<single_process>()),
       corpus_(&corpus),
       fingerprint_(corpus_fingerprint(corpus)),
-      model_(model::make_transformer({s.m, s.n, s.dynamic}, s.model_config())),
+      model_(model::make_transformer(s.shape(), s.model_config())),
       opt_(adam(s)),
       schedule_(s.lr, s.warmup, s.steps, s.schedule, s.min_lr_ratio),
       sampler_(corpus.train(), s.batch, s.model.context, s.seed),

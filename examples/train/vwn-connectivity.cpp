@@ -49,6 +49,14 @@ int main(int argc, char** argv) {
     std::printf("embedding share per sub-layer:");
     for (vwn::index_t l = 0; l < map.sublayers(); ++l) std::printf(" %.3f", map.embedding_share(l));
     std::printf("\n");
+    // mHC's Amax gain magnitude (train/connectivity.hpp): the carries alone, per sub-layer and composed.
+    const char* names[4] = {"Amax gain, forward (max row sum)    ", "Amax gain, backward (max column sum)",
+                            "composite Amax gain, forward        ", "composite Amax gain, backward       "};
+    for (int g = 0; g < 4; ++g) {
+      std::printf("%s max %.4g:", names[g], map.gain.col(g).maxCoeff());
+      for (vwn::index_t l = 0; l < map.sublayers(); ++l) std::printf(" %.4g", map.gain(l, g));
+      std::printf("\n");
+    }
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vwn-connectivity: error: %s\n", e.what());

@@ -11,6 +11,7 @@
 #include <vwn/core/shapes.hpp>
 #include <vwn/embedding.hpp>
 #include <vwn/ghc.hpp>
+#include <vwn/mhc.hpp>
 #include <vwn/mtp.hpp>
 #include <vwn/reduce.hpp>
 
@@ -45,10 +46,22 @@ inline value_count count_values(const config& c, index_t batch) {
   const double V = double(c.vocab), D = double(c.width), F = double(c.ffn()), L = double(c.layers),
                heads = double(c.heads), T = double(c.context), BT = double(batch) * T;
   const double m = c.shape.m, n = c.shape.n, db = D / m, Dw = n * db;
-  double ghc = -1, embed = 0, reduce = 0, mixer = 0, groups = 0;
+  double ghc = -1, embed = 0, reduce = 0, mixer = 0, groups = 0, ghc_logits = 0;
   const bool compiled = dispatch_shape(c.shape.m, c.shape.n, [&]<int M, int N>() {
     const index_t d = c.width / M;
-    ghc = c.shape.dynamic ? detail::spec_values(ghc_tensors<M, N, true>(d)) : detail::spec_values(ghc_tensors<M, N, false>(d));
+    if (c.shape.connection == vwn_connection::name)
+      ghc = c.shape.dynamic ? detail::spec_values(ghc_tensors<M, N, true>(d)) : detail::spec_values(ghc_tensors<M, N, false>(d));
+    else
+      ghc = c.shape.dynamic ? detail::spec_values(manifold_tensors<M, N, true, false>(d))
+                            : detail::spec_values(manifold_tensors<M, N, false, false>(d));
+    ghc_logits = 2.0 * N * M + double(N) * N;
+    if constexpr (connection_offered<mhc_lite_connection, N>) {
+      if (c.shape.connection == mhc_lite_connection::name) {
+        ghc = c.shape.dynamic ? detail::spec_values(manifold_tensors<M, N, true, true>(d))
+                              : detail::spec_values(manifold_tensors<M, N, false, true>(d));
+        ghc_logits = 2.0 * N * M + factorial(N);
+      }
+    }
     embed = c.lowrank_embedding ? detail::spec_values(lowrank_overwidth_embedding_tensors<M, N>(c.vocab, c.width))
                                 : detail::spec_values(overwidth_embedding_tensors<M, N>(c.vocab, c.width));
     reduce = detail::spec_values(reduce_head_tensors<M, N>(c.width));
@@ -67,7 +80,10 @@ inline value_count count_values(const config& c, index_t batch) {
   // Per token of one block: X, a, o, z, X2, a2, z2 (D each), qkv_out (3D), C, C2, H_mid, H_out (D' each), the
   // attention probabilities (heads x T), the SwiGLU workspace (a, g, h) and backward scratch (da, dg) (F each),
   // two RMSNorm scales, and for DGHC each GHC's per-slot scales, coefficient projections and B coefficients.
-  const double ghc_ws = c.shape.dynamic ? n * (1 + (2 * m + n) + m) : 0.0;
+  // The manifold families keep the token's 1/rms, its K logits' projection, its coefficients and d b.
+  const double ghc_ws = !c.shape.dynamic ? 0.0
+                        : c.shape.connection == vwn_connection::name ? n * (1 + (2 * m + n) + m)
+                                                                     : 1 + ghc_logits + n * (2 * m + n) + n * m;
   const double per_block = 10 * D + 4 * Dw + heads * T + 5 * F + 2 + 2 * ghc_ws;
   // Per token of one output head: h, hn (D each), logits and softmax (V each), loss and norm scale, and the
   // reduce head's GroupNorm output and statistics.

@@ -113,7 +113,8 @@ class transformer {
   /// The name of a transformer of `shape`.
   static std::string name_of(const shape_choice& shape) {
     return "vwn::model::transformer<" + std::to_string(shape.m) + "," + std::to_string(shape.n) +
-           (shape.dynamic ? ",dynamic>" : ",static>");
+           (shape.dynamic ? ",dynamic" : ",static") +
+           (shape.connection == vwn_connection::name ? std::string() : "," + shape.connection) + ">";
   }
   /// The run's shape and size in words, for banners and plot titles: "(2,3) dynamic GHC, D = 128, 4 layers, MTP".
   std::string title() const {

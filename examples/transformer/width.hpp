@@ -17,18 +17,21 @@
 
 #include <vwn/core/checks.hpp>
 #include <vwn/core/config.hpp>
+#include <vwn/core/connection.hpp>
 #include <vwn/core/shapes.hpp>
 
 namespace vwn::model {
 
-/// A width shape with static or dynamic GHC, as chosen at run time.
+/// A width shape with static or dynamic GHC and its connection family, as chosen at run time.
 struct shape_choice {
   int m = 1;             ///< fraction rate
   int n = 1;             ///< over-width slots
   bool dynamic = false;  ///< dynamic (DGHC) or static GHC
-  /// "(2,3) dynamic".
+  std::string connection = "vwn";  ///< connection family (`vwn::connection_names_text()`, <vwn/core/connection.hpp>)
+  /// "(2,3) dynamic", "(1,4) dynamic mhc" (the family named when it is not `vwn`).
   std::string label() const {
-    return "(" + std::to_string(m) + "," + std::to_string(n) + ") " + (dynamic ? "dynamic" : "static");
+    return "(" + std::to_string(m) + "," + std::to_string(n) + ") " + (dynamic ? "dynamic" : "static") +
+           (connection == vwn_connection::name ? "" : " " + connection);
   }
   bool operator==(const shape_choice&) const = default;
 };
@@ -134,30 +137,40 @@ struct width_factory {
   std::unique_ptr<mixer_layer<Scalar>> (*mixer)(index_t D, std::uint64_t seed);
 };
 
-/// The factory of shape `(M, N)` with static or dynamic GHC; defined in width_parts.hpp and explicitly
-/// instantiated for every compiled shape.
-template <int M, int N, bool Dynamic, class Scalar>
+/// The factory of shape `(M, N)` with static or dynamic GHC of family `Connection`; defined in width_parts.hpp and
+/// explicitly instantiated for every compiled shape and every family offered for it.
+template <int M, int N, bool Dynamic, class Scalar, class Connection = vwn_connection>
 const width_factory<Scalar>& width_factory_of();
 
-/// Every compiled configuration: each shape of `vwn::compiled_shapes`, static then dynamic.
+/// Every compiled configuration: each shape of `vwn::compiled_shapes`, static then dynamic, in every connection
+/// family offered for it (mHC-lite up to n = 5).
 inline std::vector<shape_choice> available_shapes() {
   std::vector<shape_choice> out;
-  for (const shape_id s : compiled_shapes) {
-    out.push_back({s.m, s.n, false});
-    out.push_back({s.m, s.n, true});
-  }
+  for (const shape_id s : compiled_shapes)
+    for (const bool dynamic : {false, true}) {
+#define VWN_AVAILABLE_CONNECTION_(C) \
+  if (s.n <= C::max_n) out.push_back({s.m, s.n, dynamic, std::string(C::name)});
+      VWN_ALL_CONNECTIONS(VWN_AVAILABLE_CONNECTION_)
+#undef VWN_AVAILABLE_CONNECTION_
+    }
   return out;
 }
 
-/// The compiled configurations as text: "(1,1) (1,2) ... (8,64), each static or dynamic".
-inline std::string available_shapes_text() { return compiled_shapes_text() + ", each static or dynamic"; }
+/// The compiled configurations as text: "(1,1) (1,2) ... (8,64), each static or dynamic, connection vwn, mhc, ...".
+inline std::string available_shapes_text() {
+  return compiled_shapes_text() + ", each static or dynamic, with connection " + connection_names_text() +
+         " (mhc-lite up to n = " + std::to_string(mhc_lite_connection::max_n) + ")";
+}
 
 /// The factory of a compiled shape; throws std::invalid_argument naming the compiled shapes for any other.
 template <class Scalar>
 const width_factory<Scalar>& width_parts(const shape_choice& shape) {
   const width_factory<Scalar>* found = nullptr;
   dispatch_shape(shape.m, shape.n, [&]<int M, int N>() {
-    found = shape.dynamic ? &width_factory_of<M, N, true, Scalar>() : &width_factory_of<M, N, false, Scalar>();
+    dispatch_connection(shape.connection, [&]<class C>() {
+      if constexpr (connection_offered<C, N>)
+        found = shape.dynamic ? &width_factory_of<M, N, true, Scalar, C>() : &width_factory_of<M, N, false, Scalar, C>();
+    });
   });
   if (!found)
     detail::fail("vwn::model::width_parts", "shape (m, n)", "one of the compiled shapes " + available_shapes_text(),

@@ -14,6 +14,7 @@
 
 #include <vwn/embedding.hpp>
 #include <vwn/ghc.hpp>
+#include <vwn/mhc.hpp>
 #include <vwn/mtp.hpp>
 #include <vwn/reduce.hpp>
 
@@ -34,11 +35,11 @@ void visit_module(const std::string& prefix, Module& m, const tensor_visitor<Sca
   });
 }
 
-template <int M, int N, bool Dynamic, class Scalar>
+template <int M, int N, bool Dynamic, class Scalar, class Connection>
 class ghc_part final : public ghc_layer<Scalar> {
   using base_state = typename ghc_layer<Scalar>::state;
   struct state final : base_state {
-    typename basic_ghc<M, N, Scalar, Dynamic>::workspace ws;
+    typename basic_ghc<M, N, Scalar, Dynamic, Connection>::workspace ws;
   };
   static auto& ws(base_state& s) { return static_cast<state&>(s).ws; }
   static const auto& ws(const base_state& s) { return static_cast<const state&>(s).ws; }
@@ -79,7 +80,7 @@ class ghc_part final : public ghc_layer<Scalar> {
   void visit(const std::string& prefix, const tensor_visitor<Scalar>& f) override { visit_module(prefix, layer_, f); }
 
  private:
-  basic_ghc<M, N, Scalar, Dynamic> layer_;
+  basic_ghc<M, N, Scalar, Dynamic, Connection> layer_;
 };
 
 // The embedding's table gradient is kept dense (`V x width`): the sparse rows of each backward are added in.
@@ -173,12 +174,14 @@ class mixer_part final : public mixer_layer<Scalar> {
 
 }  // namespace width_detail
 
-template <int M, int N, bool Dynamic, class Scalar>
+template <int M, int N, bool Dynamic, class Scalar, class Connection>
 const width_factory<Scalar>& width_factory_of() {
   using namespace width_detail;
   static const width_factory<Scalar> factory{
-      {M, N, Dynamic},
-      [](index_t D) -> std::unique_ptr<ghc_layer<Scalar>> { return std::make_unique<ghc_part<M, N, Dynamic, Scalar>>(D); },
+      {M, N, Dynamic, std::string(Connection::name)},
+      [](index_t D) -> std::unique_ptr<ghc_layer<Scalar>> {
+        return std::make_unique<ghc_part<M, N, Dynamic, Scalar, Connection>>(D);
+      },
       [](index_t V, index_t D, bool lowrank, std::uint64_t seed) -> std::unique_ptr<embedding_layer<Scalar>> {
         return std::make_unique<embedding_part<M, N, Scalar>>(V, D, lowrank, seed);
       },

@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
     const std::vector<float> gb = gradients(b);
 
     // Each part's gradient alone: sum_i |g_i| per element (in double), of the gradients of the parts' mean losses.
-    auto model = vwn::model::make_transformer({s.m, s.n, s.dynamic}, s.model_config());
+    auto model = vwn::model::make_transformer(s.shape(), s.model_config());
     vwn::data::batch_sampler sampler(corpus.train(), s.batch, s.model.context, s.seed);
     vwn::data::batch batch;
     sampler.next(batch);

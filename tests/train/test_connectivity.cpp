@@ -55,6 +55,27 @@ TEST(Connectivity, MatrixCaseEqualsAHandComputation) {
   EXPECT_DOUBLE_EQ(map(1, 1), 6);
 }
 
+TEST(Connectivity, AmaxGainsEqualAHandComputation) {
+  // (1,2) with carries C_0 = [[1, 2], [0, -1]] and C_1 = [[0.5, 0], [0.5, 1]] (rows: from slot j; H_res = C^T):
+  //   H_res,0 = [[1, 0], [2, -1]]: row sums |.| 1, 3; column sums 3, 1.
+  //   H_res,1 = [[0.5, 0.5], [0, 1]]: rows 1, 1; columns 0.5, 1.5.
+  //   P_1 = H_res,1 H_res,0 = [[1.5, -0.5], [2, -1]]: rows 2, 3; columns 3.5, 1.5.
+  std::vector<Eigen::MatrixXd> ab(2, Eigen::MatrixXd::Zero(2, 4));
+  ab[0](0, 1) = 1, ab[0](0, 2) = 2, ab[0](1, 2) = -1;
+  ab[1](0, 1) = 0.5, ab[1](1, 1) = 0.5, ab[1](1, 2) = 1;
+  const Eigen::MatrixXd g = vwn::train::token_gains(1, 2, ab);
+  ASSERT_EQ(g.rows(), 2);
+  ASSERT_EQ(g.cols(), 4);
+  EXPECT_DOUBLE_EQ(g(0, 0), 3);
+  EXPECT_DOUBLE_EQ(g(0, 1), 3);
+  EXPECT_DOUBLE_EQ(g(0, 2), 3);
+  EXPECT_DOUBLE_EQ(g(0, 3), 3);
+  EXPECT_DOUBLE_EQ(g(1, 0), 1);
+  EXPECT_DOUBLE_EQ(g(1, 1), 1.5);
+  EXPECT_DOUBLE_EQ(g(1, 2), 3);
+  EXPECT_DOUBLE_EQ(g(1, 3), 3.5);
+}
+
 TEST(Connectivity, RefusesCoefficientsOfAnotherShape) {
   const std::string msg = vwn_test::error_of([] { vwn::train::token_connectivity(2, 3, {Eigen::MatrixXd::Zero(3, 6)}); });
   EXPECT_NE(msg.find("sub-layer 0: expected coefficients of 3 x 7, got 3 x 6"), std::string::npos) << msg;

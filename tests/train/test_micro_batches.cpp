@@ -78,7 +78,7 @@ TEST(MicroBatches, PartsAreSummedInOrderAndDividedByTheirCount) {
     const train::step_result r = t.train_step();
     const std::vector<float> got = gradients(t);
 
-    auto m = model::make_transformer({s.m, s.n, s.dynamic}, s.model_config());
+    auto m = model::make_transformer(s.shape(), s.model_config());
     data::batch_sampler sampler(corpus().train(), s.batch, T, s.seed);
     data::batch b;
     sampler.next(b);

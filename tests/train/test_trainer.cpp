@@ -110,7 +110,10 @@ TEST(TrainerRegistry, RejectsAnUnknownShapeListingTheAvailableOnes) {
 
 TEST(TrainerRegistry, EveryListedConfigurationBuildsAndRuns) {
   const auto shapes = model::available_shapes();
-  EXPECT_EQ(shapes.size(), 2 * vwn::compiled_shapes.size());
+  // Every compiled shape, static and dynamic, in vwn, mhc and mhc-v4, and in mhc-lite where n <= 5.
+  std::size_t expected = 0;
+  for (const vwn::shape_id s : vwn::compiled_shapes) expected += 2 * (s.n <= vwn::mhc_lite_connection::max_n ? 4 : 3);
+  EXPECT_EQ(shapes.size(), expected);
   std::vector<std::int32_t> x(8), y(8);
   for (int i = 0; i < 8; ++i) x[std::size_t(i)] = 40 + i, y[std::size_t(i)] = 41 + i;
   for (const auto& shape : shapes) {
@@ -120,7 +123,8 @@ TEST(TrainerRegistry, EveryListedConfigurationBuildsAndRuns) {
     auto m = model::make_transformer(shape, c);
     EXPECT_EQ(m->shape(), shape);
     EXPECT_EQ(m->name(), "vwn::model::transformer<" + std::to_string(shape.m) + "," + std::to_string(shape.n) +
-                             (shape.dynamic ? ",dynamic>" : ",static>"));
+                             (shape.dynamic ? ",dynamic" : ",static") +
+                             (shape.connection == "vwn" ? ">" : "," + shape.connection + ">"));
     EXPECT_EQ(m->wide_width(), shape.n * (32 / shape.m));
     const model::losses l = m->forward(vwn::host, x, y, y, 8);
     EXPECT_TRUE(std::isfinite(l.total));
@@ -179,7 +183,7 @@ TEST(TrainerRegistry, NextLogitsAgreeWithTheLossAndLeaveTheModelAlone) {
 
 TEST(TrainerCli, ParsesEverySettingFlag) {
   const std::vector<std::string> args = {
-      "--m", "4", "--n=8", "--static", "--width", "64", "--layers", "3", "--heads", "2", "--ffn", "96",
+      "--m", "4", "--n=8", "--static", "--connection", "mhc", "--width", "64", "--layers", "3", "--heads", "2", "--ffn", "96",
       "--context", "32", "--batch", "5", "--lowrank", "--no-mtp", "--mtp-lambda", "0.5", "--lr", "0.002",
       "--min-lr-ratio", "0.05", "--warmup", "7", "--steps", "70", "--schedule", "constant", "--weight-decay", "0.01",
       "--clip", "0", "--seed", "99", "--val-fraction", "0.2", "--eval-every", "10", "--eval-batches", "3",
@@ -190,6 +194,7 @@ TEST(TrainerCli, ParsesEverySettingFlag) {
   EXPECT_EQ(s.m, 4);
   EXPECT_EQ(s.n, 8);
   EXPECT_FALSE(s.dynamic);
+  EXPECT_EQ(s.connection, "mhc");
   EXPECT_EQ(s.model.width, 64);
   EXPECT_EQ(s.model.layers, 3);
   EXPECT_EQ(s.model.heads, 2);
@@ -391,6 +396,8 @@ TEST(TrainerCli, BadValuesNameTheFlagTheExpectationAndTheValue) {
             "--out: expected a folder name without control characters, got 'x\\x09y\\x1b' (\\x09 at byte 2)");
   EXPECT_EQ(parse_error({"--val-fraction", "1.5"}), "--val-fraction: expected a number in (0, 1), got '1.5'");
   EXPECT_EQ(parse_error({"--schedule", "linear"}), "--schedule: expected cosine or constant, got 'linear'");
+  EXPECT_EQ(parse_error({"--connection", "sinkhorn"}),
+            "--connection: expected vwn mhc mhc-lite mhc-v4, got 'sinkhorn'");
   EXPECT_EQ(parse_error({"--mtp=maybe"}), "--mtp: expected true or false, got 'maybe'");
   EXPECT_EQ(parse_error({"--steps"}), "--steps: expected a value, got the end of the command line");
   EXPECT_EQ(parse_error({"--frobnicate", "3"}), "unknown option '--frobnicate' (try --help)");
@@ -399,7 +406,16 @@ TEST(TrainerCli, BadValuesNameTheFlagTheExpectationAndTheValue) {
   train::settings s;
   s.m = 3, s.n = 5;
   std::string msg = error_of<std::invalid_argument>([&] { train::validate(s); });
-  EXPECT_NE(msg.find(vwn::compiled_shapes_text() + ", each static or dynamic, got (3,5) dynamic"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(vwn::compiled_shapes_text() + ", each static or dynamic, with connection vwn mhc mhc-lite mhc-v4 "
+                     "(mhc-lite up to n = 5), got (3,5) dynamic"),
+            std::string::npos)
+      << msg;
+  // A family not offered for the shape: mHC-lite's n! permutations stop at n = 5.
+  s = train::settings();
+  s.m = 8, s.n = 32, s.connection = "mhc-lite";
+  msg = error_of<std::invalid_argument>([&] { train::validate(s); });
+  EXPECT_NE(msg.find("--m/--n/--dynamic/--connection"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("got (8,32) dynamic mhc-lite"), std::string::npos) << msg;
   s = train::settings();
   s.m = 4, s.n = 8, s.model.width = 30, s.model.heads = 3;
   EXPECT_EQ(error_of<std::invalid_argument>([&] { train::validate(s); }),
@@ -494,6 +510,18 @@ void check_resume_is_exact(const train::settings& s, index_t k) {
 
 TEST(TrainerCheckpoint, ResumeContinuesBitForBitDynamicMtpLowRank) {
   check_resume_is_exact(tiny(2, 3, true, true, true), 5);
+}
+
+TEST(TrainerCheckpoint, ResumeContinuesBitForBitDynamicMhc) {
+  train::settings s = tiny(2, 3, true, true);
+  s.connection = "mhc";
+  check_resume_is_exact(s, 5);
+}
+
+TEST(TrainerCheckpoint, ResumeContinuesBitForBitStaticMhcLite) {
+  train::settings s = tiny(2, 3, false, false);
+  s.connection = "mhc-lite";
+  check_resume_is_exact(s, 6);
 }
 
 TEST(TrainerCheckpoint, ResumeContinuesBitForBitStaticPlain) {
@@ -900,6 +928,10 @@ TEST(TrainerCheckpoint, MismatchedSettingsOrCorpusAreRejectedAndTheCheckpointLef
   other.dynamic = false;
   msg = error_of<std::invalid_argument>([&] { (void)train::trainer::resume(run.ck, other, run.corpus); });
   EXPECT_NE(msg.find("--dynamic: checkpoint true, requested false"), std::string::npos) << msg;
+  other = run.s;
+  other.connection = "mhc";
+  msg = error_of<std::invalid_argument>([&] { (void)train::trainer::resume(run.ck, other, run.corpus); });
+  EXPECT_NE(msg.find("--connection: checkpoint vwn, requested mhc"), std::string::npos) << msg;
   // Evaluation settings may change.
   other = run.s;
   other.eval_every = 1;

@@ -147,6 +147,7 @@ VWN_HOST_DEVICE void sinkhorn_backward(const T* z, const T* dp, T* dz, const man
 template <int N>
 VWN_HOST_DEVICE void permutation(int p, int (&perm)[N]) {
   bool used[N];
+  for (int i = 0; i < N; ++i) perm[i] = 0;
   for (int i = 0; i < N; ++i) used[i] = false;
   constexpr int first_radix = factorial(N - 1);
   int radix = first_radix;
@@ -179,7 +180,7 @@ VWN_HOST_DEVICE void permutation_mixture(const T* z, T* w, T* p) {
   const T inv = T(1) / s;
   for (int q = 0; q < R; ++q) w[q] *= inv;
   for (int e = 0; e < N * N; ++e) p[e] = T(0);
-  int perm[N];
+  int perm[N] = {};
   for (int q = 0; q < R; ++q) {
     permutation<N>(q, perm);
     for (int i = 0; i < N; ++i) p[i * N + perm[i]] += w[q];
@@ -191,7 +192,7 @@ VWN_HOST_DEVICE void permutation_mixture(const T* z, T* w, T* p) {
 template <int N, class T>
 VWN_HOST_DEVICE void permutation_mixture_backward(const T* w, const T* dp, T* dw, T* dz) {
   constexpr int R = factorial(N);
-  int perm[N];
+  int perm[N] = {};
   T dot = T(0);
   for (int q = 0; q < R; ++q) {
     permutation<N>(q, perm);

@@ -97,7 +97,7 @@ vwn::model::config tiny(vwn::model::shape_choice shape) {
 // At the paper's initialisation every shape is a plain residual stream on the backbone blocks: strength 1 from the
 // embedding and from every earlier sub-layer, for static and dynamic GHC (whose projections start at 0).
 TEST(Connectivity, InitialisationIsThePlainResidualPattern) {
-  for (const vwn::model::shape_choice shape : {vwn::model::shape_choice{1, 1, false}, {2, 3, false}, {2, 3, true}, {4, 8, true}}) {
+  for (const vwn::model::shape_choice& shape : {vwn::model::shape_choice{1, 1, false}, {2, 3, false}, {2, 3, true}, {4, 8, true}}) {
     if (!vwn::is_compiled_shape(shape.m, shape.n)) continue;
     auto model = vwn::model::make_transformer(shape, tiny(shape));
     const auto map = vwn::train::model_connectivity(*model, "the quick brown fox jumps over the lazy dog", 20);
@@ -121,10 +121,12 @@ TEST(Connectivity, CsvHoldsEveryPathAndTheShares) {
   std::string line;
   std::getline(in, line);
   EXPECT_EQ(line, "layer,layer_name,source,source_name,strength");
-  int rows = 0, shares = 0;
-  while (std::getline(in, line)) (line.find("embedding_share") != std::string::npos ? shares : rows)++;
+  int rows = 0, shares = 0, gains = 0;
+  while (std::getline(in, line))
+    (line.find("embedding_share") != std::string::npos ? shares : line.find("gain_") != std::string::npos ? gains : rows)++;
   EXPECT_EQ(rows, 6 * 7 / 2);  // sub-layer l has l + 1 sources
   EXPECT_EQ(shares, 6);
+  EXPECT_EQ(gains, 4 * 6);  // single and composite, forward and backward, per sub-layer
   EXPECT_FALSE(std::filesystem::exists(dir / "map.csv.partial"));
   std::filesystem::remove_all(dir);
 }

@@ -21,6 +21,12 @@ namespace vwn {
 /// `n!` (the permutation count of mHC-lite's carry).
 constexpr int factorial(int n) { return n <= 1 ? 1 : n * factorial(n - 1); }
 
+/// `N!` as a constant (usable in device code, where a host constexpr function is not).
+template <int N>
+inline constexpr int factorial_v = N * factorial_v<N - 1>;
+template <>
+inline constexpr int factorial_v<0> = 1;
+
 /// How a carry is projected onto the doubly stochastic matrices, and the maps of the pre and post coefficients.
 struct manifold_rule {
   bool permutations = false;   ///< mHC-lite: a softmax mixture of the `n!` permutation matrices (else Sinkhorn)

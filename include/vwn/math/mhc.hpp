@@ -149,7 +149,7 @@ VWN_HOST_DEVICE void permutation(int p, int (&perm)[N]) {
   bool used[N];
   for (int i = 0; i < N; ++i) perm[i] = 0;
   for (int i = 0; i < N; ++i) used[i] = false;
-  constexpr int first_radix = factorial(N - 1);
+  constexpr int first_radix = factorial_v<N - 1>;
   int radix = first_radix;
   for (int i = 0; i < N; ++i) {
     int digit = p / radix;
@@ -169,7 +169,7 @@ VWN_HOST_DEVICE void permutation(int p, int (&perm)[N]) {
 template <int N, class T>
 VWN_HOST_DEVICE void permutation_mixture(const T* z, T* w, T* p) {
   using std::exp;
-  constexpr int R = factorial(N);
+  constexpr int R = factorial_v<N>;
   T mx = z[0];
   for (int q = 1; q < R; ++q) mx = z[q] > mx ? z[q] : mx;
   T s = T(0);
@@ -191,7 +191,7 @@ VWN_HOST_DEVICE void permutation_mixture(const T* z, T* w, T* p) {
 /// `dz = w (dw - <dw, w>)`. `dw` holds `N!` scratch values.
 template <int N, class T>
 VWN_HOST_DEVICE void permutation_mixture_backward(const T* w, const T* dp, T* dw, T* dz) {
-  constexpr int R = factorial(N);
+  constexpr int R = factorial_v<N>;
   int perm[N] = {};
   T dot = T(0);
   for (int q = 0; q < R; ++q) {
@@ -280,7 +280,7 @@ VWN_HOST_DEVICE void manifold_coefficients_backward(const T* z, const T* dab, T*
       T* w = scratch + 2 * N * N;
       T* p = scratch + N * N;
       permutation_mixture<N>(z_res, w, p);
-      constexpr int R = factorial(N);
+      constexpr int R = factorial_v<N>;
       permutation_mixture_backward<N>(w, dp, w + R, dz_res);
     }
   } else {

@@ -51,8 +51,8 @@ def stability(args):
 
 def tokens(args):
     results = []
-    for (m, n), conn in TOKEN_RUNS:
-        for seed in (1, 2):
+    for seed in (1, 2):
+        for (m, n), conn in TOKEN_RUNS:
             name = f"m{m}n{n}-{conn}-seed{seed}"
             out = os.path.join(args.out, name)
             final = os.path.join(out, "final.json")

@@ -97,6 +97,71 @@ TEST(MhcMath, DeepSeekV4SinkhornIsDoublyStochasticWithinTheIterationBoundAndItsE
   check_sinkhorn_sums<8>(rule, 10 * 8 * (rule.add_eps + rule.div_eps));
 }
 
+// Logits spread beyond float's exponent range (a line of `exp(z - max)` underflows to zero: the paper's exp-domain
+// iteration divides 0 by 0 there): the float result and its gradient equal the double computation, whose range still
+// holds them, within float rounding (`1e-4`: 40 normalisations of 4 terms, each a few float roundings of values <= 1,
+// and exponentials of arguments up to 200 whose relative error grows with them: 200 x 6e-8 = 1.2e-5).
+TEST(MhcMath, SinkhornOfLogitsBeyondTheExponentRangeMatchesDouble) {
+  const auto seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> u(-100, 100);
+  const vwn::manifold_rule rule = vwn::mhc_connection::rule;
+  int underflowing = 0;
+  for (int trial = 0; trial < 20; ++trial) {
+    double zd[16], pd[16], gd[16], dzd[16];
+    float zf[16], pf[16], gf[16], dzf[16];
+    for (int e = 0; e < 16; ++e) zd[e] = u(gen), zf[e] = float(zd[e]), zd[e] = double(zf[e]);
+    for (int e = 0; e < 16; ++e) gd[e] = u(gen) / 100, gf[e] = float(gd[e]), gd[e] = double(gf[e]);
+    float linear[16], sums[160];  // (2t - 1) n line sums
+    underflowing += !vwn::math::detail::sinkhorn_linear<4>(zf, linear, rule, sums);
+    vwn::math::sinkhorn<4>(zd, pd, rule);
+    vwn::math::sinkhorn<4>(zf, pf, rule);
+    std::vector<double> sd(std::size_t(vwn::math::sinkhorn_scratch(4, rule.iterations)));
+    std::vector<float> sf(sd.size());
+    vwn::math::sinkhorn_backward<4>(zd, gd, dzd, rule, sd.data());
+    vwn::math::sinkhorn_backward<4>(zf, gf, dzf, rule, sf.data());
+    const double gscale = std::max(1.0, *std::max_element(dzd, dzd + 16, [](double x, double y) { return std::abs(x) < std::abs(y); }));
+    for (int e = 0; e < 16; ++e) {
+      ASSERT_TRUE(std::isfinite(pf[e]) && std::isfinite(dzf[e])) << "trial " << trial << ", entry " << e;
+      EXPECT_NEAR(pf[e], pd[e], 1e-4) << "trial " << trial << ", entry " << e;
+      EXPECT_NEAR(dzf[e], dzd[e], 1e-4 * std::abs(gscale)) << "trial " << trial << ", entry " << e;
+    }
+  }
+  EXPECT_GT(underflowing, 5) << "the cases should take the log domain in float";
+}
+
+// The log-domain path's gradient against central differences, in double with logits spread beyond double's range.
+TEST(MhcMath, LogDomainSinkhornGradientMatchesFiniteDifferences) {
+  const auto seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 gen(seed);
+  const vwn::manifold_rule rule = vwn::mhc_connection::rule;
+  // Row 0 sits 800 above the other rows: after the column softmax rows 1 to 3 underflow to zero. A constant added to a
+  // row does not change Sinkhorn's result (the row's normalisation removes it), so the matrix is that of the logits
+  // without the shift, which the linear domain computes.
+  vwn::matrix<double> z = randn<double>(16, 1, gen, 0.5), g = randn<double>(16, 1, gen, 1.0);
+  double plain[16], shifted[16];
+  vwn::math::sinkhorn<4>(z.data(), plain, rule);
+  for (int k = 0; k < 4; ++k) z(k) += 800;
+  double linear[16], sums[160];  // (2t - 1) n line sums
+  ASSERT_FALSE(vwn::math::detail::sinkhorn_linear<4>(z.data(), linear, rule, sums)) << "the case must underflow";
+  vwn::math::sinkhorn<4>(z.data(), shifted, rule);
+  // 40 normalisations in double, and logits of 800 whose exponentials' arguments lose 800 x 1.1e-16 each.
+  for (int e = 0; e < 16; ++e) EXPECT_NEAR(shifted[e], plain[e], 1e-11) << "entry " << e;
+  std::vector<double> scratch(std::size_t(vwn::math::sinkhorn_scratch(4, rule.iterations)));
+  vwn::matrix<double> dz(16, 1);
+  vwn::math::sinkhorn_backward<4>(z.data(), g.data(), dz.data(), rule, scratch.data());
+  check_gradients(
+      [&] {
+        double p[16], l = 0;
+        vwn::math::sinkhorn<4>(z.data(), p, rule);
+        for (int e = 0; e < 16; ++e) l += g(e) * p[e];
+        return l;
+      },
+      {target("dz", z, dz)});
+}
+
 TEST(MhcMath, PermutationMixtureIsExactlyDoublyStochastic) {
   const auto seed = fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));

@@ -20,7 +20,9 @@
 /// Backward of one normalisation `y = x / (s + e)`, `s` the line sums: `dx = (dy - <dy, y>_line) / (s + e)`; of the
 /// softmax: `dz = y (dy - <dy, y>_line)`. The backward recomputes the forward from `z`, keeping only the line sums, and
 /// walks back rebuilding each normalisation's input as `x = y (s + e)` (mHC's recomputation: nothing per iterate is
-/// stored between the passes).
+/// stored between the passes). Where a line underflows in the linear domain (logits spread beyond the exponent range),
+/// a rule without epsilons runs the same normalisations in the log domain, `l -= logsumexp_line(l)`, whose backward is
+/// `dl_in = dl - exp(l) sum_line(dl)`.
 
 #include <cmath>
 
@@ -37,7 +39,7 @@ VWN_HOST_DEVICE T sigmoid(T x) {
 }
 
 /// Scratch values (of the scalar type) `sinkhorn_backward` needs for an `n x n` carry and `t` iterations.
-constexpr int sinkhorn_scratch(int n, int iterations) { return (2 * iterations - 1) * n + 2 * n * n; }
+constexpr int sinkhorn_scratch(int n, int iterations) { return 2 * iterations * n + 2 * n * n; }
 
 namespace detail {
 
@@ -107,40 +109,116 @@ VWN_HOST_DEVICE void softmax_lines_backward(const T* y, const T* dy, T* dz, bool
   }
 }
 
-}  // namespace detail
+// The smallest line sum the linear-domain iteration trusts: a line whose entries all lie more than about 40 (float) or
+// 345 (double) nats below the largest of their lines' has underflowed, and the log domain takes over (`sinkhorn`).
+template <class T>
+VWN_HOST_DEVICE constexpr T trusted_sum() {
+  return sizeof(T) == 4 ? T(1e-18) : T(1e-150);
+}
 
-/// Sinkhorn of the `N x N` logits `z` (row-major) into `p` under `rule`; the line sums of every normalisation after
-/// the softmax into `sums` (`(2 t - 1) N` values) when it is not null.
+// `l -= logsumexp(l)` along every line; the logsumexps into `lse`.
 template <int N, class T>
-VWN_HOST_DEVICE void sinkhorn(const T* z, T* p, const manifold_rule& rule, T* sums = nullptr) {
-  const bool a = rule.columns_first, b = !a;
-  const T add = T(rule.add_eps), eps = T(rule.div_eps);
-  T local[N];
-  detail::softmax_lines<N>(z, p, a);
-  if (add != T(0))
-    for (int e = 0; e < N * N; ++e) p[e] += add;
-  for (int step = 0; step < 2 * rule.iterations - 1; ++step) {
-    T* s = sums ? sums + step * N : local;
-    detail::normalise_lines<N>(p, step % 2 == 0 ? b : a, eps, s);
+VWN_HOST_DEVICE void log_normalise_lines(T* l, bool columns, T* lse) {
+  using std::exp;
+  using std::log;
+  for (int line = 0; line < N; ++line) {
+    T mx = l[at<N>(columns, line, 0)];
+    for (int k = 1; k < N; ++k) mx = l[at<N>(columns, line, k)] > mx ? l[at<N>(columns, line, k)] : mx;
+    T s = T(0);
+    for (int k = 0; k < N; ++k) s += exp(l[at<N>(columns, line, k)] - mx);
+    const T v = mx + log(s);
+    lse[line] = v;
+    for (int k = 0; k < N; ++k) l[at<N>(columns, line, k)] -= v;
   }
 }
 
-/// Gradient of `sinkhorn`: `dz` from `dp` (both `N x N`), recomputing the forward from `z` into `scratch`
-/// (`sinkhorn_scratch(N, t)` values). `dz` may be `dp`.
+// Backward of `log_normalise_lines`: `l` its output (rebuilt in place into its input `l + lse`), `dl` the gradient
+// of the output (replaced by that of the input): `dl_in = dl - exp(l) sum_line(dl)`.
+template <int N, class T>
+VWN_HOST_DEVICE void log_normalise_lines_backward(T* l, T* dl, bool columns, const T* lse) {
+  using std::exp;
+  for (int line = 0; line < N; ++line) {
+    T s = dl[at<N>(columns, line, 0)];
+    for (int k = 1; k < N; ++k) s += dl[at<N>(columns, line, k)];
+    for (int k = 0; k < N; ++k) {
+      const int e = at<N>(columns, line, k);
+      dl[e] -= exp(l[e]) * s;
+      l[e] += lse[line];
+    }
+  }
+}
+
+// Sinkhorn in the linear domain (see the file comment), the line sums of the normalisations after the softmax into
+// `sums` (`(2 t - 1) N`, or a local line when null). Returns false when a sum fell below `trusted_sum` (or is not a
+// number): then `p` is not to be used.
+template <int N, class T>
+VWN_HOST_DEVICE bool sinkhorn_linear(const T* z, T* p, const manifold_rule& rule, T* sums) {
+  const bool a = rule.columns_first, b = !a;
+  const T add = T(rule.add_eps), eps = T(rule.div_eps);
+  T local[N];
+  softmax_lines<N>(z, p, a);
+  if (add != T(0))
+    for (int e = 0; e < N * N; ++e) p[e] += add;
+  bool trusted = true;
+  for (int step = 0; step < 2 * rule.iterations - 1; ++step) {
+    T* s = sums ? sums + step * N : local;
+    normalise_lines<N>(p, step % 2 == 0 ? b : a, eps, s);
+    for (int l = 0; l < N; ++l) trusted = trusted && s[l] + eps >= trusted_sum<T>();
+  }
+  return trusted;
+}
+
+// Sinkhorn without epsilons in the log domain: `l = log P` from `2t` normalisations of `z` along alternating axes (the
+// first one the softmax), the logsumexps into `lse` (`2 t N`).
+template <int N, class T>
+VWN_HOST_DEVICE void sinkhorn_log(const T* z, T* l, const manifold_rule& rule, T* lse) {
+  const bool a = rule.columns_first, b = !a;
+  for (int e = 0; e < N * N; ++e) l[e] = z[e];
+  for (int step = 0; step < 2 * rule.iterations; ++step) log_normalise_lines<N>(l, step % 2 == 0 ? a : b, lse + step * N);
+}
+
+}  // namespace detail
+
+/// Sinkhorn of the `N x N` logits `z` (row-major) into `p` under `rule`. In the linear domain (exponentials once, then
+/// divisions), unless a line underflows there (logits spread over more than the scalar's exponent range, which the
+/// paper's `exp(z)` start cannot hold): then, for a rule without epsilons, the same normalisations in the log domain,
+/// which give the same matrix without the underflow. A rule with epsilons keeps the linear domain (its epsilons are
+/// part of it and keep every line sum positive).
+template <int N, class T>
+VWN_HOST_DEVICE void sinkhorn(const T* z, T* p, const manifold_rule& rule) {
+  if (detail::sinkhorn_linear<N>(z, p, rule, static_cast<T*>(nullptr)) || rule.add_eps != 0 || rule.div_eps != 0) return;
+  using std::exp;
+  T lse[N];  // the forward alone needs no logsumexp after its step
+  for (int e = 0; e < N * N; ++e) p[e] = z[e];
+  for (int step = 0; step < 2 * rule.iterations; ++step)
+    detail::log_normalise_lines<N>(p, step % 2 == 0 ? rule.columns_first : !rule.columns_first, lse);
+  for (int e = 0; e < N * N; ++e) p[e] = exp(p[e]);
+}
+
+/// Gradient of `sinkhorn`: `dz` from `dp` (both `N x N`), recomputing the forward from `z` (in the domain the forward
+/// used) into `scratch` (`sinkhorn_scratch(N, t)` values). `dz` may be `dp`.
 template <int N, class T>
 VWN_HOST_DEVICE void sinkhorn_backward(const T* z, const T* dp, T* dz, const manifold_rule& rule, T* scratch) {
   const bool a = rule.columns_first, b = !a;
-  const int steps = 2 * rule.iterations - 1;
   T* sums = scratch;
-  T* y = scratch + steps * N;
+  T* y = scratch + 2 * rule.iterations * N;
   T* dy = y + N * N;
-  sinkhorn<N>(z, y, rule, sums);
-  for (int e = 0; e < N * N; ++e) dy[e] = dp[e];
-  for (int step = steps - 1; step >= 0; --step)
-    detail::normalise_lines_backward<N>(y, dy, step % 2 == 0 ? b : a, T(rule.div_eps), sums + step * N);
-  if (rule.add_eps != 0)
-    for (int e = 0; e < N * N; ++e) y[e] -= T(rule.add_eps);
-  detail::softmax_lines_backward<N>(y, dy, dz, a);
+  if (detail::sinkhorn_linear<N>(z, y, rule, sums) || rule.add_eps != 0 || rule.div_eps != 0) {
+    const int steps = 2 * rule.iterations - 1;
+    for (int e = 0; e < N * N; ++e) dy[e] = dp[e];
+    for (int step = steps - 1; step >= 0; --step)
+      detail::normalise_lines_backward<N>(y, dy, step % 2 == 0 ? b : a, T(rule.div_eps), sums + step * N);
+    if (rule.add_eps != 0)
+      for (int e = 0; e < N * N; ++e) y[e] -= T(rule.add_eps);
+    detail::softmax_lines_backward<N>(y, dy, dz, a);
+    return;
+  }
+  using std::exp;
+  detail::sinkhorn_log<N>(z, y, rule, sums);  // y = log P
+  for (int e = 0; e < N * N; ++e) dy[e] = dp[e] * exp(y[e]);
+  for (int step = 2 * rule.iterations - 1; step >= 0; --step)
+    detail::log_normalise_lines_backward<N>(y, dy, step % 2 == 0 ? a : b, sums + step * N);
+  for (int e = 0; e < N * N; ++e) dz[e] = dy[e];
 }
 
 /// The `p`-th permutation of `0 .. N-1` in lexicographic order (`p < N!`; `p = 0` is the identity): `perm[i] = pi(i)`.

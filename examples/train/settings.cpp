@@ -312,7 +312,7 @@ std::string describe(const settings& s) {
   using detail::format_double;
   const auto& c = s.model;
   std::ostringstream o;
-  o << "model    (m, n) = (" << s.m << "," << s.n << ") " << (s.dynamic ? "dynamic" : "static") << " GHC, D = " << c.width
+  o << "model    (m, n) = " << s.shape().label() << " GHC, D = " << c.width
     << " (D' = " << s.n * (c.width / s.m) << "), layers " << c.layers << ", heads " << c.heads << ", FFN " << c.ffn()
     << ", context " << c.context << ", " << (c.lowrank_embedding ? "low-rank" : "direct") << " embedding, MTP "
     << (c.mtp ? "on (lambda " + format_double(c.mtp_lambda) + ")" : std::string("off")) << "\n";

@@ -36,17 +36,22 @@ def program(build, name):
 
 
 def stability(args):
-    csv = os.path.join(args.out, "stability.csv")
-    if not os.path.exists(csv):
-        subprocess.run([program(args.build, "mhc_stability"), "--data", args.data, "--csv", csv, "--lrs", args.lrs,
-                        "--shapes", "1_4,2_3", "--connections", "vwn,mhc,mhc-lite"], check=True)
-    rows = [line.strip().split(",") for line in open(csv)][1:]
-    print("\n## Stability (300 steps, seed 1)\n")
-    print("| shape | lr | connection | final train loss | val loss | spikes | max grad norm | diverged at |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        shape = "(" + r[0].replace("_", ",") + ")"
-        print(f"| {shape} | {r[2]} | {r[1]} | {float(r[4]):.4f} | {float(r[5]):.4f} | {r[6]} | {float(r[7]):.3g} | {r[8]} |")
+    # The sweep with vwn-train's gradient clip (1), then without it at the larger rates, with DeepSeek-V4's variant.
+    sweeps = [("stability.csv", ["--lrs", args.lrs, "--connections", "vwn,mhc,mhc-lite"]),
+              ("stability-noclip.csv", ["--lrs", "0.01,0.03,0.1", "--clip", "0",
+                                        "--connections", "vwn,mhc,mhc-lite,mhc-v4"])]
+    for name, extra in sweeps:
+        csv = os.path.join(args.out, name)
+        if not os.path.exists(csv):
+            subprocess.run([program(args.build, "mhc_stability"), "--data", args.data, "--csv", csv,
+                            "--shapes", "1_4,2_3"] + extra, check=True)
+        rows = [line.strip().split(",") for line in open(csv)][1:]
+        print(f"\n## Stability ({name}: 300 steps, seed 1)\n")
+        print("| shape | lr | connection | final train loss | val loss | spikes | max grad norm | diverged at |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            shape = "(" + r[0].replace("_", ",") + ")"
+            print(f"| {shape} | {r[2]} | {r[1]} | {float(r[4]):.4f} | {float(r[5]):.4f} | {r[6]} | {float(r[7]):.3g} | {r[8]} |")
 
 
 def tokens(args):

@@ -764,7 +764,8 @@ def connectivity_maps(args, program):
         if not os.path.exists(path):
             continue
         rows = list(csv.DictReader(open(path)))
-        rows = [r for r in rows if r["source"] != "embedding_share"]
+        # Paths only: the per-layer rows (embedding_share, the Amax gains) name no source sub-layer.
+        rows = [r for r in rows if r["source"] == "embedding" or r["source"].isdigit()]
         totals = {}
         for r in rows:
             totals[r["layer"]] = totals.get(r["layer"], 0.0) + float(r["strength"])

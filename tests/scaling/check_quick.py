@@ -78,7 +78,8 @@ for name in ("curves_next", "curves_next2", "scaling_next", "scaling_next2", "fr
 for run in ("m1n1-s1", "m8n8-s1", "m8n16-s1"):
     path = os.path.join(out, f"connectivity-{run}.csv")
     lines = open(path).read().splitlines() if os.path.exists(path) else []
-    check(len(lines) == 1 + 2 * 3 // 2 + 2, f"{path}: expected a header, 3 paths and 2 shares for 1 layer, got {len(lines)} lines")
+    check(len(lines) == 1 + 2 * 3 // 2 + 2 + 4 * 2,
+          f"{path}: expected a header, 3 paths, 2 shares and 8 Amax gains for 1 layer, got {len(lines)} lines")
     check(png(os.path.join(out, f"connectivity-{run}.png")), f"connectivity-{run}.png: not a well-formed PNG")
     shares = list(csv.DictReader(open(os.path.join(out, f"connectivity-{run}-shares.csv"))))
     for layer in {r["layer"] for r in shares}:

@@ -44,6 +44,9 @@ import sys
 
 import torch
 
+# The project's small safetensors writer and reader (F64/I64), shared with the other reference scripts.
+from vwn_reference import read_safetensors, write_safetensors  # noqa: E402
+
 torch.set_default_dtype(torch.float64)
 
 T = 5                 # tokens per batch
@@ -60,50 +63,6 @@ CONNECTIONS = {
     "mhc_v4": ("mhc-v4", ((1, 4), (2, 3), (4, 8))),
 }
 
-
-# --------------------------------------------------------------------------------------------
-# safetensors writer / reader (F64 only, string metadata); the same format as vwn_reference.py's.
-
-def write_safetensors(path, tensors, metadata):
-    """Header: __metadata__ first, then tensors in name order; data packed in the same order;
-    the JSON header is padded with spaces to a multiple of 8 bytes."""
-    header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
-    chunks = []
-    offset = 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous()
-        assert t.dtype == torch.float64
-        data = t.numpy().astype("<f8", copy=False).tobytes()
-        header[name] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * ((8 - len(text) % 8) % 8)
-    blob = struct.pack("<Q", len(text)) + text + b"".join(chunks)
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
-    return len(blob)
-
-
-def read_safetensors(path):
-    raw = pathlib.Path(path).read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n].decode("utf-8"))
-    metadata = header.pop("__metadata__", {})
-    data = raw[8 + n:]
-    out = {}
-    for name, info in header.items():
-        assert info["dtype"] == "F64"
-        begin, end = info["data_offsets"]
-        t = torch.frombuffer(bytearray(data[begin:end]), dtype=torch.float64)
-        out[name] = t.reshape(info["shape"]).clone()
-    return out, metadata
-
-
-# --------------------------------------------------------------------------------------------
-# The connections, batched over tokens (leading dimension T everywhere).
 
 def carry_logit_count(conn, n):
     return math.factorial(n) if conn == "mhc_lite" else n * n

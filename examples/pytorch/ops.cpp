@@ -25,7 +25,9 @@
 
 #include <vwn/core/shapes.hpp>
 #include <vwn/embedding.hpp>
+#include <vwn/core/connection.hpp>
 #include <vwn/ghc.hpp>
+#include <vwn/mhc.hpp>
 #include <vwn/mtp.hpp>
 #include <vwn/reduce.hpp>
 
@@ -68,11 +70,13 @@ std::string shape_text(c10::IntArrayRef s) {
   return o.str();
 }
 
-// "vwn::dghc<2,3>", "vwn::reduce_head<2,3>", ...
-std::string part_name(part_kind kind, std::int64_t m, std::int64_t n, bool flag) {
+// "vwn::dghc<2,3>", "vwn::dghc<1,4,mhc>" (the connection family named when it is not vwn), "vwn::reduce_head<2,3>", ...
+std::string part_name(part_kind kind, std::int64_t m, std::int64_t n, bool flag, std::string_view connection = "vwn") {
   const std::string mn = "<" + std::to_string(m) + "," + std::to_string(n) + ">";
   switch (kind) {
-    case part_kind::ghc: return (flag ? "vwn::dghc" : "vwn::ghc") + mn;
+    case part_kind::ghc:
+      return (flag ? "vwn::dghc" : "vwn::ghc") +
+             (connection == vwn_connection::name ? mn : mn.substr(0, mn.size() - 1) + "," + std::string(connection) + ">");
     case part_kind::embedding: return (flag ? "vwn::lowrank_overwidth_embedding" : "vwn::overwidth_embedding") + mn;
     case part_kind::head: return "vwn::reduce_head" + mn;
     case part_kind::mixer: return "vwn::mtp_mixer" + mn;
@@ -86,6 +90,21 @@ void check_shape(const std::string& what, std::int64_t m, std::int64_t n) {
   if (m > 0 && n > 0 && m <= 64 && n <= 64) dispatch_shape(int(m), int(n), [&]<int M, int N>() { compiled = true; });
   TORCH_CHECK_VALUE(compiled, what, ": shape (m, n): expected one of the shapes this build compiled, ",
                     compiled_shapes_text(), "; got (", m, ",", n, ")");
+}
+
+// A schema `str` argument as a std::string (c10::string_view does not convert to std::string_view in every LibTorch).
+std::string text_of(c10::string_view v) { return std::string(v.data(), v.size()); }
+
+// The connection family must be one of vwn's and offered for n (mHC-lite up to n = 5).
+void check_connection(const std::string& what, std::string_view connection, std::int64_t n) {
+  bool known = false, offered = false;
+  dispatch_connection(connection, [&]<class C>() {
+    known = true;
+    offered = n <= C::max_n;
+  });
+  TORCH_CHECK_VALUE(known, what, ": connection: expected one of ", connection_names_text(), ", got '", connection, "'");
+  TORCH_CHECK_VALUE(offered, what, ": connection '", connection, "': expected n <= ", mhc_lite_connection::max_n,
+                    " (mhc-lite mixes all n! permutation matrices), got n = ", n);
 }
 
 void check_dtype(const std::string& what, c10::ScalarType dtype) {
@@ -172,11 +191,12 @@ struct part_config {
   std::int64_t m = 1, n = 1, dim = 0, vocab = 0;
   bool flag = false;  // ghc: dynamic; embedding: low-rank
   c10::ScalarType dtype = torch::kFloat32;
+  std::string connection = "vwn";  // ghc: the connection family (<vwn/core/connection.hpp>)
   auto operator<=>(const part_config&) const = default;
   std::int64_t db() const { return dim / m; }
   std::int64_t wide() const { return n * (dim / m); }
   std::string label() const {
-    return part_name(kind, m, n, flag) + " (D = " + std::to_string(dim) + ", " + dtype_name(dtype) + ")";
+    return part_name(kind, m, n, flag, connection) + " (D = " + std::to_string(dim) + ", " + dtype_name(dtype) + ")";
   }
 };
 
@@ -189,8 +209,13 @@ struct tensor_info {
   std::int64_t size = 0;
 };
 
-// The 1-D tensors of vwn's lists (norm weights); every other tensor is rows x cols.
-bool is_vector(std::string_view name) { return name == "g" || name == "gn_weight" || name == "gn_bias"; }
+// The 1-D tensors of vwn's lists (norm weights, the manifold families' gates, mHC-lite's n! carry logits); every
+// other tensor is rows x cols.
+bool is_vector(const tensor_spec& s) {
+  const std::string_view name = s.name;
+  return name == "g" || name == "gn_weight" || name == "gn_bias" || name == "gate" ||
+         (name == "b_res" && s.cols == 1 && s.rows > 1);
+}
 
 struct workspace {
   virtual ~workspace() = default;
@@ -225,7 +250,7 @@ void describe_tensors(typed_workspace<Scalar>& w, const Specs& specs) {
     tensor_info t{name, {}, decay, param, grad, size};
     for (const tensor_spec& s : specs)
       if (s.name == name)
-        t.shape = is_vector(name) ? std::vector<std::int64_t>{s.rows} : std::vector<std::int64_t>{s.rows, s.cols};
+        t.shape = is_vector(s) ? std::vector<std::int64_t>{s.rows} : std::vector<std::int64_t>{s.rows, s.cols};
     if (t.shape.empty()) throw std::logic_error("vwn_torch: tensor '" + name + "' is not in vwn's tensor list");
     w.tensors.push_back(std::move(t));
   });
@@ -233,9 +258,10 @@ void describe_tensors(typed_workspace<Scalar>& w, const Specs& specs) {
 
 // A new workspace of a configuration (checked), drawn with `seed` where the part draws its initial values.
 std::unique_ptr<workspace> make_workspace(const part_config& c, std::uint64_t seed) {
-  const std::string what = part_name(c.kind, c.m, c.n, c.flag);
+  const std::string what = part_name(c.kind, c.m, c.n, c.flag, c.connection);
   check_dtype(what, c.dtype);
   check_shape(what, c.m, c.n);
+  if (c.kind == part_kind::ghc) check_connection(what, c.connection, c.n);
   TORCH_CHECK_VALUE(c.dim > 0 && c.dim % c.m == 0, what, ": dim: expected a positive multiple of m = ", c.m, ", got ",
                     c.dim);
   if (c.kind == part_kind::embedding)
@@ -244,13 +270,23 @@ std::unique_ptr<workspace> make_workspace(const part_config& c, std::uint64_t se
   std::unique_ptr<workspace> out;
   const auto fill = [&]<class Scalar>() {
     auto w = std::make_unique<typed_workspace<Scalar>>();
-    const auto& factory = model::width_parts<Scalar>({int(c.m), int(c.n), c.kind == part_kind::ghc && c.flag});
+    const bool ghc = c.kind == part_kind::ghc;
+    const auto& factory =
+        model::width_parts<Scalar>({int(c.m), int(c.n), ghc && c.flag, ghc ? c.connection : std::string("vwn")});
     dispatch_shape(int(c.m), int(c.n), [&]<int M, int N>() {
       switch (c.kind) {
         case part_kind::ghc:
           w->ghc = factory.ghc(c.dim);
-          if (c.flag) describe_tensors(*w, ghc_tensors<M, N, true>(c.dim / M));
-          else describe_tensors(*w, ghc_tensors<M, N, false>(c.dim / M));
+          dispatch_connection(c.connection, [&]<class C>() {
+            if constexpr (!C::manifold) {
+              if (c.flag) describe_tensors(*w, ghc_tensors<M, N, true>(c.dim / M));
+              else describe_tensors(*w, ghc_tensors<M, N, false>(c.dim / M));
+            } else if constexpr (connection_offered<C, N>) {
+              constexpr bool P = C::rule.permutations;
+              if (c.flag) describe_tensors(*w, manifold_tensors<M, N, true, P>(c.dim / M));
+              else describe_tensors(*w, manifold_tensors<M, N, false, P>(c.dim / M));
+            }
+          });
           break;
         case part_kind::embedding:
           w->embedding = factory.embedding(c.vocab, c.dim, c.flag, seed);
@@ -429,22 +465,25 @@ ghc_saved& saved_of(const std::string& where, const Tensor& b, const part_config
 }
 
 part_config ghc_config(const std::string& where, const Tensor& H, torch::TensorList params, std::int64_t m,
-                       std::int64_t n, bool dynamic) {
+                       std::int64_t n, bool dynamic, c10::string_view connection) {
   part_config c;
   c.kind = part_kind::ghc;
   c.m = m;
   c.n = n;
   c.flag = dynamic;
+  c.connection = text_of(connection);
   check_shape(where, m, n);
+  check_connection(where, c.connection, n);
   c.dim = dim_of_wide(where, "H", H, m, n);
   c.dtype = dtype_of_call(where, params, H);
   return c;
 }
 
 std::tuple<Tensor, Tensor, Tensor> ghc_width_cpu(const Tensor& H_in, torch::TensorList params, std::int64_t m,
-                                                 std::int64_t n, bool dynamic, std::int64_t owner) {
-  const std::string where = part_name(part_kind::ghc, m, n, dynamic) + " width";
-  const part_config c = ghc_config(where, H_in, params, m, n, dynamic);
+                                                 std::int64_t n, bool dynamic, std::int64_t owner,
+                                                 c10::string_view connection) {
+  const std::string where = part_name(part_kind::ghc, m, n, dynamic, text_of(connection)) + " width";
+  const part_config c = ghc_config(where, H_in, params, m, n, dynamic, connection);
   const Tensor H = expect_rows(where, "H", H_in, c.wide(), c.dtype);
   auto lead = lead_of(H).vec();
   auto x_shape = lead, b_shape = lead;
@@ -477,9 +516,9 @@ std::tuple<Tensor, Tensor, Tensor> ghc_width_cpu(const Tensor& H_in, torch::Tens
 }
 
 Tensor ghc_depth_cpu(const Tensor& Z_in, const Tensor& C_in, const Tensor& b, torch::TensorList params,
-                     std::int64_t m, std::int64_t n, bool dynamic, std::int64_t owner) {
-  const std::string where = part_name(part_kind::ghc, m, n, dynamic) + " depth";
-  const part_config c = ghc_config(where, C_in, params, m, n, dynamic);
+                     std::int64_t m, std::int64_t n, bool dynamic, std::int64_t owner, c10::string_view connection) {
+  const std::string where = part_name(part_kind::ghc, m, n, dynamic, text_of(connection)) + " depth";
+  const part_config c = ghc_config(where, C_in, params, m, n, dynamic, connection);
   const Tensor C = expect_rows(where, "C", C_in, c.wide(), c.dtype);
   const Tensor Z = expect_rows(where, "Z", Z_in, c.dim, c.dtype, &C);
   ghc_saved& s = saved_of(where, b, c, owner);
@@ -497,13 +536,14 @@ Tensor ghc_depth_cpu(const Tensor& Z_in, const Tensor& C_in, const Tensor& b, to
 
 struct ghc_width_fn : torch::autograd::Function<ghc_width_fn> {
   static variable_list forward(AutogradContext* ctx, const Tensor& H, torch::TensorList params, std::int64_t m,
-                               std::int64_t n, bool dynamic, std::int64_t owner) {
+                               std::int64_t n, bool dynamic, std::int64_t owner, const std::string& connection) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [X, C, b] = ghc_width_cpu(H, params, m, n, dynamic, owner);
+    auto [X, C, b] = ghc_width_cpu(H, params, m, n, dynamic, owner, connection);
     std::vector<Tensor> keep{H.contiguous(), b};
     keep.insert(keep.end(), params.begin(), params.end());
     ctx->save_for_backward(keep);
-    // Static GHC: b is the parameter beta, whose gradient the depth backward accumulates itself.
+    // Static GHC: b is a function of the parameters alone (beta, or the manifold families' map of b_post), whose
+    // gradient the depth backward accumulates itself.
     if (!dynamic) ctx->mark_non_differentiable({b});
     return {X, C, b};
   }
@@ -543,16 +583,17 @@ struct ghc_width_fn : torch::autograd::Function<ghc_width_fn> {
       });
       grads_out(*w, out);
     }
-    no_grads(4, out);  // m, n, dynamic, owner
+    no_grads(5, out);  // m, n, dynamic, owner, connection
     return once_differentiable(std::move(out), grads, saved, c.label() + " width");
   }
 };
 
 struct ghc_depth_fn : torch::autograd::Function<ghc_depth_fn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& Z, const Tensor& C, const Tensor& b,
-                        torch::TensorList params, std::int64_t m, std::int64_t n, bool dynamic, std::int64_t owner) {
+                        torch::TensorList params, std::int64_t m, std::int64_t n, bool dynamic, std::int64_t owner,
+                        const std::string& connection) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    Tensor H_out = ghc_depth_cpu(Z, C, b, params, m, n, dynamic, owner);
+    Tensor H_out = ghc_depth_cpu(Z, C, b, params, m, n, dynamic, owner, connection);
     std::vector<Tensor> keep{Z.contiguous(), b};
     keep.insert(keep.end(), params.begin(), params.end());
     ctx->save_for_backward(keep);
@@ -587,11 +628,12 @@ struct ghc_depth_fn : torch::autograd::Function<ghc_depth_fn> {
         }
       });
       out.push_back(db);
-      // Static GHC: the gradient of beta; dynamic: none here (the width backward takes it from the gradient of b).
+      // Static GHC: the gradient of beta (b_post); dynamic: none here (the width backward takes it from the gradient
+      // of b).
       if (c.flag) no_grads(params.size(), out);
       else grads_out(*w, out);
     }
-    no_grads(4, out);  // m, n, dynamic, owner
+    no_grads(5, out);  // m, n, dynamic, owner, connection
     return once_differentiable(std::move(out), grads, saved, c.label() + " depth");
   }
 };
@@ -877,13 +919,14 @@ struct mixer_fn : torch::autograd::Function<mixer_fn> {
 // ---------------------------------------------------------------------------------------------------------------
 
 std::tuple<Tensor, Tensor, Tensor> ghc_width_autograd(const Tensor& H, torch::TensorList params, std::int64_t m,
-                                                      std::int64_t n, bool dynamic, std::int64_t owner) {
-  variable_list r = ghc_width_fn::apply(H, params, m, n, dynamic, owner);
+                                                      std::int64_t n, bool dynamic, std::int64_t owner,
+                                                      c10::string_view connection) {
+  variable_list r = ghc_width_fn::apply(H, params, m, n, dynamic, owner, text_of(connection));
   return {r[0], r[1], r[2]};
 }
 Tensor ghc_depth_autograd(const Tensor& Z, const Tensor& C, const Tensor& b, torch::TensorList params, std::int64_t m,
-                          std::int64_t n, bool dynamic, std::int64_t owner) {
-  return ghc_depth_fn::apply(Z, C, b, params, m, n, dynamic, owner);
+                          std::int64_t n, bool dynamic, std::int64_t owner, c10::string_view connection) {
+  return ghc_depth_fn::apply(Z, C, b, params, m, n, dynamic, owner, text_of(connection));
 }
 Tensor embedding_autograd(const Tensor& tokens, torch::TensorList params, std::int64_t m, std::int64_t n, bool lowrank) {
   return embedding_fn::apply(tokens, params, m, n, lowrank);
@@ -908,24 +951,25 @@ auto typed_op(const char* name) {
 }
 
 using width_op = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, torch::TensorList, std::int64_t, std::int64_t, bool,
-                                                    std::int64_t);
+                                                    std::int64_t, c10::string_view);
 using depth_op = Tensor(const Tensor&, const Tensor&, const Tensor&, torch::TensorList, std::int64_t, std::int64_t,
-                        bool, std::int64_t);
+                        bool, std::int64_t, c10::string_view);
 using embedding_op = Tensor(const Tensor&, torch::TensorList, std::int64_t, std::int64_t, bool);
 using head_op = Tensor(const Tensor&, torch::TensorList, std::int64_t, std::int64_t);
 using mixer_op = Tensor(const Tensor&, const Tensor&, torch::TensorList, std::int64_t, std::int64_t);
 
 std::tuple<Tensor, Tensor, Tensor> ghc_width_autocast(const Tensor& H, torch::TensorList params, std::int64_t m,
-                                                      std::int64_t n, bool dynamic, std::int64_t owner) {
+                                                      std::int64_t n, bool dynamic, std::int64_t owner,
+                                                      c10::string_view connection) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   static auto op = typed_op<width_op>("vwn::ghc_width");
-  return op.call(cast_to(H, params), params, m, n, dynamic, owner);
+  return op.call(cast_to(H, params), params, m, n, dynamic, owner, connection);
 }
 Tensor ghc_depth_autocast(const Tensor& Z, const Tensor& C, const Tensor& b, torch::TensorList params, std::int64_t m,
-                          std::int64_t n, bool dynamic, std::int64_t owner) {
+                          std::int64_t n, bool dynamic, std::int64_t owner, c10::string_view connection) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   static auto op = typed_op<depth_op>("vwn::ghc_depth");
-  return op.call(cast_to(Z, params), cast_to(C, params), b, params, m, n, dynamic, owner);
+  return op.call(cast_to(Z, params), cast_to(C, params), b, params, m, n, dynamic, owner, connection);
 }
 Tensor head_autocast(const Tensor& H, torch::TensorList params, std::int64_t m, std::int64_t n) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
@@ -939,9 +983,10 @@ Tensor mixer_autocast(const Tensor& A, const Tensor& B, torch::TensorList params
 }
 
 std::tuple<Tensor, Tensor, Tensor> ghc_width_meta(const Tensor& H, torch::TensorList params, std::int64_t m,
-                                                  std::int64_t n, bool dynamic, std::int64_t) {
-  const std::string where = part_name(part_kind::ghc, m, n, dynamic) + " width";
-  const part_config c = ghc_config(where, H, params, m, n, dynamic);
+                                                  std::int64_t n, bool dynamic, std::int64_t,
+                                                  c10::string_view connection) {
+  const std::string where = part_name(part_kind::ghc, m, n, dynamic, text_of(connection)) + " width";
+  const part_config c = ghc_config(where, H, params, m, n, dynamic, connection);
   auto x_shape = lead_of(H).vec(), b_shape = lead_of(H).vec();
   x_shape.push_back(c.dim);
   b_shape.push_back(n);
@@ -949,7 +994,7 @@ std::tuple<Tensor, Tensor, Tensor> ghc_width_meta(const Tensor& H, torch::Tensor
   return {torch::empty(x_shape, H.options()), torch::empty(H.sizes(), H.options()), torch::empty(b_shape, H.options())};
 }
 Tensor ghc_depth_meta(const Tensor&, const Tensor& C, const Tensor&, torch::TensorList, std::int64_t, std::int64_t,
-                      bool, std::int64_t) {
+                      bool, std::int64_t, c10::string_view) {
   return torch::empty(C.sizes(), C.options());
 }
 Tensor embedding_meta(const Tensor& tokens, torch::TensorList params, std::int64_t m, std::int64_t n, bool lowrank) {
@@ -971,8 +1016,10 @@ Tensor mixer_meta(const Tensor& A, const Tensor&, torch::TensorList, std::int64_
 }  // namespace
 
 TORCH_LIBRARY(vwn, lib) {
-  lib.def("ghc_width(Tensor H, Tensor[] params, int m, int n, bool dynamic, int owner=0) -> (Tensor X, Tensor C, Tensor b)");
-  lib.def("ghc_depth(Tensor Z, Tensor C, Tensor b, Tensor[] params, int m, int n, bool dynamic, int owner=0) -> Tensor");
+  lib.def("ghc_width(Tensor H, Tensor[] params, int m, int n, bool dynamic, int owner=0, str connection=\"vwn\") -> "
+          "(Tensor X, Tensor C, Tensor b)");
+  lib.def("ghc_depth(Tensor Z, Tensor C, Tensor b, Tensor[] params, int m, int n, bool dynamic, int owner=0, "
+          "str connection=\"vwn\") -> Tensor");
   lib.def("overwidth_embedding(Tensor tokens, Tensor[] params, int m, int n, bool lowrank) -> Tensor");
   lib.def("reduce_head(Tensor H, Tensor[] params, int m, int n) -> Tensor");
   lib.def("mtp_mixer(Tensor A, Tensor B, Tensor[] params, int m, int n) -> Tensor");
@@ -1023,8 +1070,9 @@ std::vector<parameter> initial(const part_config& c, std::uint64_t seed) {
 }
 }  // namespace
 
-std::vector<parameter> ghc_parameters(int m, int n, std::int64_t dim, bool dynamic, torch::Dtype dtype) {
-  return initial({part_kind::ghc, m, n, dim, 0, dynamic, dtype}, 1);
+std::vector<parameter> ghc_parameters(int m, int n, std::int64_t dim, bool dynamic, torch::Dtype dtype,
+                                      const std::string& connection) {
+  return initial({part_kind::ghc, m, n, dim, 0, dynamic, dtype, connection}, 1);
 }
 std::vector<parameter> embedding_parameters(int m, int n, std::int64_t vocab, std::int64_t dim, bool lowrank,
                                             std::uint64_t seed, torch::Dtype dtype) {
@@ -1043,15 +1091,16 @@ std::uint64_t seed_from_torch() {
   return gen.get<at::CPUGeneratorImpl>()->random64();
 }
 
-ghc_width_result ghc_width(const Tensor& H, torch::TensorList params, int m, int n, bool dynamic, std::int64_t owner) {
+ghc_width_result ghc_width(const Tensor& H, torch::TensorList params, int m, int n, bool dynamic, std::int64_t owner,
+                           const std::string& connection) {
   static auto op = typed_op<width_op>("vwn::ghc_width");
-  auto [X, C, b] = op.call(H, params, m, n, dynamic, owner);
+  auto [X, C, b] = op.call(H, params, m, n, dynamic, owner, connection);
   return {X, {C, b}};
 }
 Tensor ghc_depth(const Tensor& Z, const ghc_carry& carry, torch::TensorList params, int m, int n, bool dynamic,
-                 std::int64_t owner) {
+                 std::int64_t owner, const std::string& connection) {
   static auto op = typed_op<depth_op>("vwn::ghc_depth");
-  return op.call(Z, carry.C, carry.b, params, m, n, dynamic, owner);
+  return op.call(Z, carry.C, carry.b, params, m, n, dynamic, owner, connection);
 }
 Tensor overwidth_embedding(const Tensor& tokens, torch::TensorList params, int m, int n, bool lowrank) {
   static auto op = typed_op<embedding_op>("vwn::overwidth_embedding");
@@ -1133,20 +1182,21 @@ void PrimitiveModule::load_from(const std::map<std::string, Tensor>& tensors, co
 }
 
 GHCImpl::GHCImpl(const GHCOptions& o) : options(o) {
-  register_vwn(ghc_parameters(o.m(), o.n(), o.dim(), o.dynamic(), o.dtype()));
+  register_vwn(ghc_parameters(o.m(), o.n(), o.dim(), o.dynamic(), o.dtype(), o.connection()));
 }
 Tensor GHCImpl::forward(const Tensor& H, const std::function<Tensor(const Tensor&)>& backbone) {
   ghc_width_result w = width(H);
   return depth(backbone(w.X), w.carry);
 }
 ghc_width_result GHCImpl::width(const Tensor& H) {
-  return ghc_width(H, vwn_parameters(), options.m(), options.n(), options.dynamic(), id());
+  return ghc_width(H, vwn_parameters(), options.m(), options.n(), options.dynamic(), id(), options.connection());
 }
 Tensor GHCImpl::depth(const Tensor& Z, const ghc_carry& carry) {
-  return ghc_depth(Z, carry, vwn_parameters(), options.m(), options.n(), options.dynamic(), id());
+  return ghc_depth(Z, carry, vwn_parameters(), options.m(), options.n(), options.dynamic(), id(), options.connection());
 }
 void GHCImpl::reset_parameters() {
-  assign(ghc_parameters(options.m(), options.n(), options.dim(), options.dynamic(), options.dtype()));
+  assign(ghc_parameters(options.m(), options.n(), options.dim(), options.dynamic(), options.dtype(),
+                        options.connection()));
 }
 
 OverWidthEmbeddingImpl::OverWidthEmbeddingImpl(const OverWidthEmbeddingOptions& o) : options(o) {

@@ -5,6 +5,8 @@
 #include <torch/extension.h>
 #include <torch/python.h>
 
+#include <vwn/core/connection.hpp>
+
 #include "vwn_torch.hpp"
 
 namespace py = pybind11;
@@ -26,11 +28,14 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("compiled_shapes", &compiled_shapes, "The shapes (m, n) this build compiled, as text.");
   mod.def(
       "ghc_parameters",
-      [](int m, int n, std::int64_t dim, bool dynamic, const py::object& dtype) {
-        return as_list(ghc_parameters(m, n, dim, dynamic, dtype_of(dtype)));
+      [](int m, int n, std::int64_t dim, bool dynamic, const py::object& dtype, const std::string& connection) {
+        return as_list(ghc_parameters(m, n, dim, dynamic, dtype_of(dtype), connection));
       },
-      py::arg("m"), py::arg("n"), py::arg("dim"), py::arg("dynamic"), py::arg("dtype"),
-      "(name, initial value, weight decay) of each parameter of a GHC / DGHC sub-layer, in the operators' order.");
+      py::arg("m"), py::arg("n"), py::arg("dim"), py::arg("dynamic"), py::arg("dtype"), py::arg("connection") = "vwn",
+      "(name, initial value, weight decay) of each parameter of a GHC / DGHC sub-layer of the connection family "
+      "`connection`, in the operators' order.");
+  mod.def("connection_names", [] { return vwn::connection_names_text(); },
+          "The connection families of GHC, as text: \"vwn mhc mhc-lite mhc-v4\".");
   mod.def(
       "embedding_parameters",
       [](int m, int n, std::int64_t vocab, std::int64_t dim, bool lowrank, std::uint64_t seed, const py::object& dtype) {

@@ -49,9 +49,14 @@ struct parameter {
 // ---------------------------------------------------------------------------------------------------------------
 
 /// A GHC (`dynamic` false) or DGHC sub-layer of shape `(m, n)` for backbone width `dim` (a positive multiple of
-/// `m`), initialised as in the paper (eq. 15, 16; dynamic projections 0, scales 1): `alpha` `n x (m+n)`, `beta`
-/// `n x m` and, dynamic, `W_alpha` `db x (m+n)`, `W_beta` `db x m`, `S_alpha`, `S_beta`, `g` `[db]`.
-std::vector<parameter> ghc_parameters(int m, int n, std::int64_t dim, bool dynamic, torch::Dtype dtype);
+/// `m`) in the connection family `connection` (`vwn`, `mhc`, `mhc-lite` up to n = 5, `mhc-v4`; docs/mhc.md).
+/// `vwn`, initialised as in the paper (eq. 15, 16; dynamic projections 0, scales 1): `alpha` `n x (m+n)`, `beta`
+/// `n x m` and, dynamic, `W_alpha` `db x (m+n)`, `W_beta` `db x m`, `S_alpha`, `S_beta`, `g` `[db]`. The manifold
+/// families, initialised to the same identity within `sigmoid(-8)`: the logit biases `b_pre`, `b_post` `n x m`,
+/// `b_res` `n x n` (`[n!]` for mhc-lite) and, dynamic, `phi` `n db x K` (`K = 2nm + ` the carry logits) and
+/// `gate` `[3]`.
+std::vector<parameter> ghc_parameters(int m, int n, std::int64_t dim, bool dynamic, torch::Dtype dtype,
+                                      const std::string& connection = "vwn");
 
 /// A direct (`E`, `V x D'`) or low-rank (`E_base` `V x D`, `W_expand` `D' x D`) over-width embedding for vocabulary
 /// size `vocab`, drawn with `seed` as vwn draws it.
@@ -87,16 +92,18 @@ struct ghc_width_result {
   ghc_carry carry;
 };
 
-/// `vwn::ghc_width(Tensor H, Tensor[] params, int m, int n, bool dynamic, int owner=0) -> (Tensor X, Tensor C,
-/// Tensor b)`: `H` (`[..., D']`) -> `X`, `C` (`mix = a^T H`), `b`. `owner` names the caller (a module's id, 0 for
-/// none): a depth connection of another owner refuses the carry.
+/// `vwn::ghc_width(Tensor H, Tensor[] params, int m, int n, bool dynamic, int owner=0, str connection="vwn") ->
+/// (Tensor X, Tensor C, Tensor b)`: `H` (`[..., D']`) -> `X`, `C` (`mix = a^T H`), `b`. `owner` names the caller (a
+/// module's id, 0 for none): a depth connection of another owner refuses the carry. `connection`: the family of
+/// `ghc_parameters`, whose parameters `params` are.
 ghc_width_result ghc_width(const torch::Tensor& H, torch::TensorList params, int m, int n, bool dynamic,
-                           std::int64_t owner = 0);
+                           std::int64_t owner = 0, const std::string& connection = "vwn");
 
-/// `vwn::ghc_depth(Tensor Z, Tensor C, Tensor b, Tensor[] params, int m, int n, bool dynamic, int owner=0) -> Tensor`:
-/// `H_out = b Z + C` for the backbone output `Z` (`[..., D]`, the leading dimensions of `C`).
+/// `vwn::ghc_depth(Tensor Z, Tensor C, Tensor b, Tensor[] params, int m, int n, bool dynamic, int owner=0,
+/// str connection="vwn") -> Tensor`: `H_out = b Z + C` for the backbone output `Z` (`[..., D]`, the leading
+/// dimensions of `C`). A carry of another connection family is refused.
 torch::Tensor ghc_depth(const torch::Tensor& Z, const ghc_carry& carry, torch::TensorList params, int m, int n,
-                        bool dynamic, std::int64_t owner = 0);
+                        bool dynamic, std::int64_t owner = 0, const std::string& connection = "vwn");
 
 /// `vwn::overwidth_embedding(Tensor tokens, Tensor[] params, int m, int n, bool lowrank) -> Tensor`: `H0`
 /// (`[..., D']`) for integer `tokens` (`[...]`, int32 or int64, each in `[0, vocab)`).
@@ -142,7 +149,8 @@ class PrimitiveModule : public torch::nn::Module {
   PrimitiveModule();
 };
 
-/// Settings of a GHC / DGHC sub-layer: `GHCOptions(2, 3, 512).dynamic(true).dtype(torch::kFloat64)`.
+/// Settings of a GHC / DGHC sub-layer: `GHCOptions(2, 3, 512).dynamic(true).dtype(torch::kFloat64)`, and the
+/// connection family: `GHCOptions(1, 4, 512).connection("mhc")` (`vwn` by default; docs/mhc.md).
 struct GHCOptions {
   GHCOptions(int m, int n, std::int64_t dim) : m_(m), n_(n), dim_(dim) {}
   TORCH_ARG(int, m);
@@ -150,6 +158,7 @@ struct GHCOptions {
   TORCH_ARG(std::int64_t, dim);
   TORCH_ARG(bool, dynamic) = true;
   TORCH_ARG(torch::Dtype, dtype) = torch::kFloat32;
+  TORCH_ARG(std::string, connection) = "vwn";
 };
 
 /// One GHC / DGHC sub-layer around a backbone: `forward(H, backbone)` returns `H_out = b backbone(X) + C`; `width`

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -21,6 +22,13 @@ os.environ.setdefault("VWN_TORCH_POISON", "1")
 
 import vwn_torch  # noqa: E402
 from vwn_torch import _C
+
+# The independent reference of the manifold-constrained families (mHC, mHC-lite, DeepSeek-V4), written from the
+# papers: tests/reference/mhc_reference.py. Importing it sets PyTorch's default dtype to float64; it is put back.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
+_default_dtype = torch.get_default_dtype()
+import mhc_reference  # noqa: E402
+torch.set_default_dtype(_default_dtype)
 
 SEED = int(os.environ.get("VWN_TEST_SEED", random.SystemRandom().randrange(2**31)))
 print(f"test_vwn_torch: seed {SEED} (VWN_TEST_SEED={SEED} replays it)", flush=True)
@@ -124,6 +132,22 @@ class Base(unittest.TestCase):
         err = (got - want).abs().max().item()
         self.assertTrue(torch.allclose(got, want, rtol=rtol, atol=atol * scale),
                         f"{what}: max |got - want| = {err:.3e} (scale {scale:.3e}, rtol {rtol}, atol {atol})")
+
+    def trained_checkpoint(self, settings):
+        """(tensors, metadata) of a 3-step vwn-train run (width 16, 2 heads, context 16) with `settings` on a small
+        corpus; skips where VWN_TRAIN (the program) is not set."""
+        program = os.environ.get("VWN_TRAIN")
+        if not program:
+            self.skipTest("VWN_TRAIN (the vwn-train program) not set")
+        with tempfile.TemporaryDirectory() as d:
+            corpus = os.path.join(d, "corpus.txt")
+            with open(corpus, "w") as f:
+                f.write("the quick brown fox jumps over the lazy dog. " * 200)
+            out = os.path.join(d, "run")
+            subprocess.run([program, "--data", corpus, "--out", out, "--width", "16", "--heads", "2", "--context", "16",
+                            "--batch", "2", "--steps", "3", "--warmup", "1", "--eval-every", "3", "--eval-batches",
+                            "1", "--sample", "0", "--threads", "1"] + settings, check=True, capture_output=True)
+            return vwn_torch.read_checkpoint(os.path.join(out, "checkpoint.safetensors"))
 
     def compare_grads(self, module, ref_params, inputs, ref_inputs, dtype, what):
         for name, p in module.named_parameters():
@@ -468,6 +492,7 @@ class SmallModel(torch.nn.Module):
         super().__init__()
         self.embed = vwn_torch.OverWidthEmbedding(2, 3, 17, 8, dtype=dtype)
         self.ghc = vwn_torch.DGHC(2, 3, 8, dtype=dtype)
+        self.mhc = vwn_torch.DGHC(2, 3, 8, dtype=dtype, connection="mhc")
         self.mlp = torch.nn.Linear(8, 8).to(dtype)
         self.head = vwn_torch.ReduceHead(2, 3, 8, dtype=dtype)
         self.mix = vwn_torch.MTPMixer(2, 3, 8, dtype=dtype)
@@ -476,6 +501,8 @@ class SmallModel(torch.nn.Module):
         H = self.embed(tokens)
         X, carry = self.ghc.width(H)
         H = self.ghc.depth(torch.tanh(self.mlp(X)), carry)
+        X, carry = self.mhc.width(H)
+        H = self.mhc.depth(torch.sin(X), carry)
         return self.head(self.mix(H, H))
 
 
@@ -731,24 +758,200 @@ class PyTorchUse(Base):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The manifold-constrained connection families (docs/mhc.md): finite differences, the independent reference of
+# tests/reference/mhc_reference.py, the modules' parameters and errors
+# ----------------------------------------------------------------------------------------------------------------
+
+# (family, (m, n)): the paper's (1,4), fractional (2,3), and (4,8) for the Sinkhorn families (mHC-lite's n! logits
+# stop at n = 5).
+MANIFOLD_CASES = [(c, s) for c in ("mhc", "mhc-lite", "mhc-v4") for s in ((1, 4), (2, 3))] + \
+                 [("mhc", (4, 8)), ("mhc-v4", (4, 8))]
+MANIFOLD_REF = {"mhc": "mhc", "mhc-lite": "mhc_lite", "mhc-v4": "mhc_v4"}  # the reference's names
+
+
+def randomise_manifold(module, gen):
+    """Parameters away from the initial identity, as the reference's own draws are: pre and post logits N(0, 1)
+    (sigmoids not saturated), carry logits N(0, 2^2) (Sinkhorn not converged after 20 iterations, so every
+    iteration's backward counts), phi N(0, 0.3^2), gates N(0, 0.7^2)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            scale = {"b_pre": 1.0, "b_post": 1.0, "b_res": 2.0, "phi": 0.3, "gate": 0.7}[name]
+            p.copy_(scale * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+
+
+def ref_manifold(conn, H, backbone, m, n, p, dynamic):
+    """(X, H_out) of a manifold GHC from the reference's maps, in float64: H [..., D'], p the module's parameters
+    (float64 leaves). The reference takes the biases as one vector [b_pre | b_post | b_res]."""
+    name = MANIFOLD_REF[conn]
+    lead, Dw = H.shape[:-1], H.shape[-1]
+    db = Dw // n
+    q = {"bias": torch.cat([p["b_pre"].reshape(-1), p["b_post"].reshape(-1), p["b_res"].reshape(-1)])}
+    if dynamic:
+        q["phi"], q["gate"] = p["phi"], p["gate"]
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the reference builds its constant tensors in the default dtype
+    try:
+        Ht = H.reshape(-1, Dw)
+        H_pre, H_post, H_res = mhc_reference.maps(name, mhc_reference.logits(name, Ht, q, m, n, dynamic), m, n)
+        x = Ht.reshape(-1, n, db)
+        X = (H_pre @ x).reshape(*lead, m * db)
+        Z = backbone(X).reshape(-1, m, db)
+        out = (H_post @ Z + H_res @ x).reshape(*lead, Dw)
+    finally:
+        torch.set_default_dtype(old)
+    return X, out
+
+
+class Manifold(Base):
+    def test_gradcheck(self):
+        # Central differences in double of every input and parameter, through both connections and a nonlinear
+        # backbone; gradcheck's tolerances as for the vwn family above (the maps are smooth, the values O(1)).
+        for conn, (m, n) in MANIFOLD_CASES:
+            for dynamic in (False, True):
+                with self.subTest(connection=conn, m=m, n=n, dynamic=dynamic):
+                    dim = 2 * m
+                    ghc = vwn_torch.GHC(m, n, dim, dynamic=dynamic, dtype=torch.float64, connection=conn)
+                    randomise_manifold(ghc, self.gen)
+                    params = [p.detach().clone().requires_grad_(True) for p in ghc.parameters()]
+                    H = self.rand(2, 3, n * dim // m).requires_grad_(True)
+                    backbone = backbone_of(dim, self.gen, torch.float64)
+
+                    def f(H, *ps):
+                        X, C, b = torch.ops.vwn.ghc_width(H, list(ps), m, n, dynamic, 0, conn)
+                        return torch.ops.vwn.ghc_depth(backbone(X), C, b, list(ps), m, n, dynamic, 0, conn)
+
+                    self.assertTrue(torch.autograd.gradcheck(f, (H, *params), eps=1e-6, atol=1e-7, rtol=1e-5))
+
+    def test_reference(self):
+        # Outputs and every gradient against the reference computed in float64 from the same (float32-representable)
+        # values. float64: tol(float64), two orders of summation; float32: tol(float32), float32 round-off of the 40
+        # normalisations and of the sums (the C++ float-against-double checks of test_mhc.cpp stay within 1e-4).
+        for dtype in (torch.float32, torch.float64):
+            for conn, (m, n) in MANIFOLD_CASES:
+                for dynamic in (False, True):
+                    with self.subTest(dtype=dtype, connection=conn, m=m, n=n, dynamic=dynamic):
+                        dim = 4 * m
+                        ghc = vwn_torch.GHC(m, n, dim, dynamic=dynamic, dtype=dtype, connection=conn)
+                        randomise_manifold(ghc, self.gen)
+                        ref_p = {k: v.detach().double().requires_grad_(True) for k, v in ghc.named_parameters()}
+                        W = torch.randn(dim, dim, generator=self.gen, dtype=torch.float64).to(dtype) / math.sqrt(dim)
+                        backbone = lambda X: torch.tanh(X @ W.to(X.dtype))
+                        H = self.rand(3, 4, n * dim // m, dtype=dtype)
+                        H1, H2 = H.clone().requires_grad_(True), H.double().requires_grad_(True)
+                        X, carry = ghc.width(H1)
+                        out = ghc.depth(backbone(X), carry)
+                        Xr, want = ref_manifold(conn, H2, backbone, m, n, ref_p, dynamic)
+                        self.assertEqual(out.dtype, dtype)
+                        self.assertClose(X.double(), Xr, dtype, f"{ghc}: X")
+                        self.assertClose(out.double(), want, dtype, f"{ghc}: H_out")
+                        g = self.rand(*H.shape, dtype=dtype)
+                        (out * g).sum().backward()
+                        (want * g.double()).sum().backward()
+                        for name, p in ghc.named_parameters():
+                            self.assertClose(p.grad.double(), ref_p[name].grad, dtype, f"{ghc}: d{name}")
+                        self.assertClose(H1.grad.double(), H2.grad, dtype, f"{ghc}: dH")
+
+    def test_parameter_names_shapes_and_decay(self):
+        ghc = vwn_torch.DGHC(2, 3, 16, connection="mhc")
+        K = 2 * 3 * 2 + 9
+        self.assertEqual([(k, tuple(v.shape)) for k, v in ghc.named_parameters()],
+                         [("b_pre", (3, 2)), ("b_post", (3, 2)), ("b_res", (3, 3)), ("phi", (24, K)), ("gate", (3,))])
+        self.assertEqual(ghc.weight_decay_names(), ["phi", "gate"])
+        lite = vwn_torch.GHC(1, 4, 16, connection="mhc-lite")
+        self.assertEqual([(k, tuple(v.shape)) for k, v in lite.named_parameters()],
+                         [("b_pre", (4, 1)), ("b_post", (4, 1)), ("b_res", (24,))])
+        self.assertEqual(lite.weight_decay_names(), [])
+        self.assertEqual(vwn_torch.connections(), ["vwn", "mhc", "mhc-lite", "mhc-v4"])
+        self.assertIn("connection='mhc-lite'", repr(lite))
+
+    def test_initialisation_is_the_identity_within_the_logit_gap(self):
+        # At initialisation the logits of every coefficient the VWN identity (eq. 15, 16) sets to 0 sit 8 below the
+        # others. The backbone output Z is fixed (the backbone ignores X), so H_out - (H + Z[j mod m]) comes from the
+        # post map (m - 1 entries of 2 sigmoid(-8) < 2 e^-8 per slot; the 1s are 2 sigmoid(0) = 1 exactly) and the
+        # carry, whose diagonal loses and whose column gains at most (n! - 1) e^-8 each (mHC-lite's identity weight
+        # against the other n! - 1 permutations: the largest deficit of the three families; Sinkhorn's is (n - 1)
+        # e^-8). Bound: 2 (n! - 1 + m) e^-8 max(|H|, |Z|).
+        m, n, dim = 2, 3, 8
+        for conn in ("mhc", "mhc-lite", "mhc-v4"):
+            for dynamic in (False, True):
+                with self.subTest(connection=conn, dynamic=dynamic):
+                    ghc = vwn_torch.GHC(m, n, dim, dynamic=dynamic, dtype=torch.float64, connection=conn)
+                    H = self.rand(5, n * dim // m)
+                    Z = torch.cos(H[:, :dim])
+                    want = H.clone()
+                    db = dim // m
+                    for j in range(n):
+                        want[:, db * j:db * (j + 1)] += Z[:, db * (j % m):db * (j % m + 1)]
+                    bound = 2 * (math.factorial(n) - 1 + m) * math.exp(-8) * max(H.abs().max().item(), 1.0)
+                    err = (ghc(H, lambda X: Z) - want).abs().max().item()
+                    self.assertLess(err, bound)
+                    self.assertGreater(err, 0.0)  # the manifold maps never reach exact 0 and 1
+
+    def test_errors_name_expected_and_got(self):
+        mhc = vwn_torch.DGHC(1, 4, 8, connection="mhc")
+        H = torch.randn(3, 32, generator=self.gen)
+        X, carry = mhc.width(H)
+        cases = [
+            (lambda: vwn_torch.DGHC(1, 4, 8, connection="sinkhorn"), ValueError,
+             "connection: expected one of vwn mhc mhc-lite mhc-v4, got 'sinkhorn'"),
+            (lambda: vwn_torch.GHC(4, 8, 16, connection="mhc-lite"), ValueError,
+             "connection 'mhc-lite': expected n <= 5 (mhc-lite mixes all n! permutation matrices), got n = 8"),
+            (lambda: torch.ops.vwn.ghc_width(H, mhc._params(), 1, 4, True, 0, "vwn"), ValueError,
+             "params: expected 7 tensors (alpha, beta, W_alpha, W_beta, S_alpha, S_beta, g), got 5"),
+            (lambda: torch.ops.vwn.ghc_width(H, mhc._params(), 1, 4, True, 0, "mhc-lite"), ValueError,
+             "parameter b_res: expected shape [24], got [4, 4]"),
+            (lambda: torch.ops.vwn.ghc_depth(X, carry.C, carry.b, mhc._params(), 1, 4, True, mhc._owner, "mhc-v4"),
+             ValueError, "carry: expected the carry of a width connection of vwn::dghc<1,4,mhc-v4> (D = 8, float32), "
+                         "got the carry of vwn::dghc<1,4,mhc> (D = 8, float32)"),
+        ]
+        for fn, kind, text in cases:
+            with self.subTest(text=text):
+                with self.assertRaises(kind) as e:
+                    fn()
+                self.assertIn(text, str(e.exception))
+
+    def test_reset_parameters_and_optimiser(self):
+        ghc = vwn_torch.DGHC(2, 3, 8, connection="mhc-lite", dtype=torch.float64)
+        fresh = snapshot(ghc)
+        backbone = backbone_of(8, self.gen, torch.float64)
+        H = self.rand(6, 12)
+        opt = torch.optim.AdamW(ghc.parameters(), lr=0.05)
+        for _ in range(3):
+            opt.zero_grad()
+            ghc(H, backbone).square().sum().backward()
+            opt.step()
+        _, want = ref_manifold("mhc-lite", H, backbone, 2, 3, params_dict(ghc), True)
+        self.assertClose(ghc(H, backbone), want, torch.float64, "after AdamW")
+        ghc.reset_parameters()
+        for k, v in ghc.state_dict().items():
+            self.assertTrue(torch.equal(v, fresh[k]), f"reset: {k}")
+
+    def test_checkpoint_of_vwn_train_loads(self):
+        # vwn-train --connection mhc writes the manifold tensors under the modules' names; the loaded module
+        # computes what the reference computes from the flat tensors.
+        tensors, meta = self.trained_checkpoint(["--m", "1", "--n", "4", "--layers", "1", "--dynamic",
+                                                 "--connection", "mhc"])
+        self.assertEqual(meta["config.connection"], "mhc")
+        m, n, dim = int(meta["config.m"]), int(meta["config.n"]), int(meta["config.width"])
+        for sub in ("ghc_attn.", "ghc_ffn."):
+            prefix = "model.blocks.0." + sub
+            ghc = vwn_torch.DGHC(m, n, dim, connection=meta["config.connection"])
+            ghc.load_vwn(tensors, prefix)
+            names = sorted(k[len(prefix):] for k in tensors if k.startswith(prefix))
+            self.assertEqual(names, sorted(k for k, _ in ghc.named_parameters()))
+            ref_p = {k: tensors[prefix + k].double().reshape(v.shape) for k, v in ghc.named_parameters()}
+            H = self.rand(7, n * dim // m, dtype=torch.float32)
+            _, want = ref_manifold("mhc", H.double(), torch.tanh, m, n, ref_p, True)
+            self.assertClose(ghc(H, torch.tanh).double(), want, torch.float32, prefix)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # vwn-train checkpoints load into the modules
 # ----------------------------------------------------------------------------------------------------------------
 
 class Checkpoint(Base):
     def test_checkpoint_loads_into_modules(self):
-        program = os.environ.get("VWN_TRAIN")
-        if not program:
-            self.skipTest("VWN_TRAIN (the vwn-train program) not set")
-        with tempfile.TemporaryDirectory() as d:
-            corpus = os.path.join(d, "corpus.txt")
-            with open(corpus, "w") as f:
-                f.write("the quick brown fox jumps over the lazy dog. " * 200)
-            out = os.path.join(d, "run")
-            subprocess.run([program, "--data", corpus, "--out", out, "--m", "2", "--n", "4", "--width", "16",
-                            "--layers", "2", "--heads", "2", "--context", "16", "--batch", "2", "--steps", "3",
-                            "--warmup", "1", "--eval-every", "3", "--eval-batches", "1", "--sample", "0",
-                            "--threads", "1", "--lowrank", "--mtp"], check=True, capture_output=True)
-            tensors, meta = vwn_torch.read_checkpoint(os.path.join(out, "checkpoint.safetensors"))
+        tensors, meta = self.trained_checkpoint(["--m", "2", "--n", "4", "--layers", "2", "--lowrank", "--mtp"])
         m, n, dim = int(meta["config.m"]), int(meta["config.n"]), int(meta["config.width"])
         dynamic, lowrank = meta["config.dynamic"] == "true", meta["config.lowrank"] == "true"
         self.assertEqual((m, n, dim, dynamic, lowrank), (2, 4, 16, True, True))

@@ -8,6 +8,7 @@
 #include "cuda/embedding.cuh"
 #include "cuda/ghc.cuh"
 #include "cuda/memory.hpp"
+#include "cuda/mhc.cuh"
 #include "cuda/mtp.cuh"
 #include "cuda/policy.hpp"
 #include "cuda/reduce.cuh"

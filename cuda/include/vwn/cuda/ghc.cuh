@@ -15,8 +15,10 @@
 
 #include <climits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include <vwn/core/connection.hpp>
 #include <vwn/ghc.hpp>
 
 #include "detail/kernels.cuh"
@@ -642,13 +644,16 @@ struct ghc_device_workspace {
 enum class width_kernel { automatic, staged, tiled };
 
 /// A GHC sub-layer of compile-time shape `(M, N)` on the device, storage `S` (`float` or `bf16`), static or
-/// dynamic. Use the aliases `vwn::cuda::ghc` and `vwn::cuda::dghc`. Same calls and shapes as the host
-/// `vwn::basic_ghc`, with `device_t` and device views; parameter gradients accumulate into `grads`.
-/// Outputs must not overlap inputs (except `H_out` = `C` exactly, in place). Row strides are free; the
-/// slots of one row are contiguous.
-template <int M, int N, class S, bool Dynamic>
+/// dynamic, of connection family `Connection` (`vwn_connection`, the VWN paper's coefficients, here; the
+/// manifold-constrained families are the specialisation of <vwn/cuda/mhc.cuh>). Use the aliases `vwn::cuda::ghc`
+/// and `vwn::cuda::dghc`. Same calls and shapes as the host `vwn::basic_ghc`, with `device_t` and device views;
+/// parameter gradients accumulate into `grads`. Outputs must not overlap inputs (except `H_out` = `C` exactly, in
+/// place). Row strides are free; the slots of one row are contiguous.
+template <int M, int N, class S, bool Dynamic, class Connection = vwn_connection>
 class basic_ghc : public widths<M, N> {
   static_assert(is_storage<S>, "vwn::cuda: storage type S must be float or vwn::cuda::bf16");
+  static_assert(std::is_same_v<Connection, vwn_connection>,
+                "vwn::cuda::basic_ghc: the manifold families are in <vwn/cuda/mhc.cuh>");
 
  public:
   using shape = width_shape<M, N>;
@@ -874,11 +879,11 @@ class basic_ghc : public widths<M, N> {
   using widths<M, N>::wide_width;
 };
 
-/// Static GHC on the device.
-template <int M, int N, class S = float>
-using ghc = basic_ghc<M, N, S, false>;
-/// Dynamic GHC on the device.
-template <int M, int N, class S = float>
-using dghc = basic_ghc<M, N, S, true>;
+/// Static GHC on the device (of family `Connection`, <vwn/core/connection.hpp>).
+template <int M, int N, class S = float, class Connection = vwn_connection>
+using ghc = basic_ghc<M, N, S, false, Connection>;
+/// Dynamic GHC on the device (of family `Connection`).
+template <int M, int N, class S = float, class Connection = vwn_connection>
+using dghc = basic_ghc<M, N, S, true, Connection>;
 
 }  // namespace vwn::cuda

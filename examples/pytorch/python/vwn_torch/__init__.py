@@ -2,6 +2,7 @@
 
     import torch, vwn_torch
     ghc = vwn_torch.DGHC(m=2, n=3, dim=512)                # (m, n) chosen at run time from the compiled set
+    mhc = vwn_torch.DGHC(1, 4, 512, connection="mhc")      # the manifold-constrained families (docs/mhc.md)
     H_out = ghc(H, backbone)                               # H: [..., D'] with D' = n * dim / m
     X, carry = ghc.width(H); H_out = ghc.depth(f(X), carry)  # the two connections separately
 
@@ -20,12 +21,17 @@ from torch import Tensor
 from . import _C  # loading it registers torch.ops.vwn.*
 
 __all__ = ["GHC", "DGHC", "GHCCarry", "OverWidthEmbedding", "ReduceHead", "MTPMixer", "compiled_shapes",
-           "read_checkpoint"]
+           "connections", "read_checkpoint"]
 
 
 def compiled_shapes():
     """The shapes (m, n) this build compiled, as a list of pairs."""
     return [tuple(int(v) for v in s.strip("()").split(",")) for s in _C.compiled_shapes().split()]
+
+
+def connections():
+    """The connection families of GHC / DGHC: ["vwn", "mhc", "mhc-lite", "mhc-v4"] (docs/mhc.md)."""
+    return _C.connection_names().split()
 
 
 def read_checkpoint(path):
@@ -114,28 +120,40 @@ class GHC(_Primitive):
 
     `forward(H, backbone)` returns `H_out = b backbone(X) + C` for the over-width state `H` ([..., D'],
     D' = n * dim / m); `width(H)` returns `(X, carry)` and `depth(Z, carry)` the output, for a backbone that is not
-    a single callable (and for TorchScript). Parameters: `alpha`, `beta` and, dynamic, `W_alpha`, `W_beta`,
-    `S_alpha`, `S_beta`, `g`, initialised as in the paper (eq. 15, 16)."""
+    a single callable (and for TorchScript).
 
-    def __init__(self, m, n, dim, dynamic=False, dtype=torch.float32):
-        super().__init__(_C.ghc_parameters(int(m), int(n), int(dim), bool(dynamic), _dtype(dtype)))
+    `connection` chooses the family of the coefficients (docs/mhc.md): "vwn" (the VWN paper's; parameters `alpha`,
+    `beta` and, dynamic, `W_alpha`, `W_beta`, `S_alpha`, `S_beta`, `g`, initialised as in the paper, eq. 15, 16),
+    "mhc" (sigmoid pre and post maps, Sinkhorn-projected doubly stochastic carry, 20 iterations), "mhc-lite" (the
+    carry a softmax mixture of the n! permutation matrices; n <= 5) or "mhc-v4" (DeepSeek-V4's variant); the
+    manifold families' parameters are the logit biases `b_pre`, `b_post` [n, m], `b_res` [n, n] ([n!] for mhc-lite)
+    and, dynamic, `phi` [n db, K] and `gate` [3], initialised to the same identity within sigmoid(-8)."""
+
+    def __init__(self, m, n, dim, dynamic=False, dtype=torch.float32, connection="vwn"):
+        super().__init__(_C.ghc_parameters(int(m), int(n), int(dim), bool(dynamic), _dtype(dtype), str(connection)))
         self.m, self.n, self.dim, self.dynamic = int(m), int(n), int(dim), bool(dynamic)
+        self.connection: str = str(connection)
 
     def _params(self) -> List[Tensor]:
         if hasattr(self, "W_alpha"):
             return [self.alpha, self.beta, self.W_alpha, self.W_beta, self.S_alpha, self.S_beta, self.g]
+        if hasattr(self, "phi"):
+            return [self.b_pre, self.b_post, self.b_res, self.phi, self.gate]
+        if hasattr(self, "b_pre"):
+            return [self.b_pre, self.b_post, self.b_res]
         return [self.alpha, self.beta]
 
     def width(self, H: Tensor) -> Tuple[Tensor, GHCCarry]:
         """The width connection: `(X, carry)`, `X` of [..., dim]; `carry.C` is the carried state."""
-        X, C, b = torch.ops.vwn.ghc_width(H, self._params(), self.m, self.n, self.dynamic, self._owner)
+        X, C, b = torch.ops.vwn.ghc_width(H, self._params(), self.m, self.n, self.dynamic, self._owner,
+                                          self.connection)
         return X, GHCCarry(C, b)
 
     def depth(self, Z: Tensor, carry: GHCCarry) -> Tensor:
         """The depth connection `H_out = b Z + C` for the backbone output `Z` ([..., dim]) of this module's width
         connection (another module's carry is refused)."""
         return torch.ops.vwn.ghc_depth(Z, carry.C, carry.b, self._params(), self.m, self.n, self.dynamic,
-                                       self._owner)
+                                       self._owner, self.connection)
 
     @torch.jit.unused
     def forward(self, H, backbone):
@@ -143,18 +161,20 @@ class GHC(_Primitive):
         return self.depth(backbone(X), carry)
 
     def reset_parameters(self):
-        """Back to the initial values (eq. 15, 16)."""
-        self._assign(_C.ghc_parameters(self.m, self.n, self.dim, self.dynamic, self.alpha.dtype))
+        """Back to the initial values (eq. 15, 16, or the manifold families' identity)."""
+        self._assign(_C.ghc_parameters(self.m, self.n, self.dim, self.dynamic, self._params()[0].dtype,
+                                       self.connection))
 
     def extra_repr(self):
-        return f"m={self.m}, n={self.n}, dim={self.dim}, dynamic={self.dynamic}"
+        family = "" if self.connection == "vwn" else f", connection={self.connection!r}"
+        return f"m={self.m}, n={self.n}, dim={self.dim}, dynamic={self.dynamic}{family}"
 
 
 class DGHC(GHC):
     """A dynamic GHC sub-layer: `GHC(..., dynamic=True)`."""
 
-    def __init__(self, m, n, dim, dtype=torch.float32):
-        super().__init__(m, n, dim, dynamic=True, dtype=dtype)
+    def __init__(self, m, n, dim, dtype=torch.float32, connection="vwn"):
+        super().__init__(m, n, dim, dynamic=True, dtype=dtype, connection=connection)
 
 
 class OverWidthEmbedding(_Primitive):

@@ -5,8 +5,13 @@
 # (gtest_discover_tests in CMakeLists.txt).
 #
 #   cmake -DTEST_EXECUTABLE=<vwn_cuda_tests> -DCTEST_FILE=<output> -DDEVICE_FILTER=<gtest filter> -DBASH=<bash>
-#         -DRUNNER=<run_device_suite.sh> -P device_suites.cmake
+#         -DRUNNER=<run_device_suite.sh> [-DLABEL=<ctest label, default cuda_device>] -P device_suites.cmake
+# The CPU-only suites go through the same script (DEVICE_FILTER their filter, LABEL cuda_host): their tests pass or
+# fail, and the entry with them.
 cmake_minimum_required(VERSION 3.21)  # a script: the policies of this version (IN_LIST)
+if(NOT DEFINED LABEL)
+  set(LABEL cuda_device)
+endif()
 execute_process(COMMAND "${TEST_EXECUTABLE}" --gtest_list_tests "--gtest_filter=${DEVICE_FILTER}"
                 OUTPUT_VARIABLE listing RESULT_VARIABLE rc TIMEOUT 120)
 if(NOT rc EQUAL 0)
@@ -34,7 +39,7 @@ set(content "")
 foreach(name IN LISTS suites)
   string(APPEND content
     "add_test([=[cuda.${name}]=] [=[${BASH}]=] [=[${RUNNER}]=] [=[${TEST_EXECUTABLE}]=] [=[${filter_${name}}]=])\n"
-    "set_tests_properties([=[cuda.${name}]=] PROPERTIES SKIP_RETURN_CODE 77 LABELS cuda_device)\n")
+    "set_tests_properties([=[cuda.${name}]=] PROPERTIES SKIP_RETURN_CODE 77 LABELS ${LABEL})\n")
 endforeach()
 list(LENGTH suites count)
 if(count EQUAL 0)

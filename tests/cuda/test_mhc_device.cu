@@ -70,8 +70,16 @@ struct inputs {
     dC = draw(T, Dw);
   }
 
-  // The host module's results.
-  results host() {
+  // Rounds every input to bf16, as a back end storing bf16 holds them (the device rounds to nearest even).
+  void round_to_bf16() {
+    for (vwn::matrix<float>* m : {&H, &Z, &dHout, &dX, &dC})
+      for (index_t i = 0; i < m->size(); ++i)
+        m->data()[i] = vwn::cuda::to_float(vwn::cuda::from_float<vwn::cuda::bf16>(m->data()[i]));
+  }
+
+  // The host module's results; the depth connection reads `C_stored` where given (the carried state as a back end
+  // stored it), else the host's own `C`.
+  results host(const vwn::matrix<float>* C_stored = nullptr) {
     results r;
     r.X.resize(T, D);
     r.C.resize(T, Dw);
@@ -81,7 +89,7 @@ struct inputs {
     typename host_ghc::workspace ws;
     ref.zero_grad();
     ref.forward_width(vwn::host, H, r.X, r.C, ws);
-    ref.forward_depth(vwn::host, Z, r.C, r.Hout, ws);
+    ref.forward_depth(vwn::host, Z, C_stored ? *C_stored : r.C, r.Hout, ws);
     ref.backward_depth(vwn::host, dHout, Z, r.dZ, ws);
     ref.backward_width(vwn::host, H, dX, dC, r.dH, ws);
     ref.grads.visit([&](std::string_view, float* g, index_t size, bool) { r.grads.emplace_back(g, g + size); });
@@ -99,8 +107,23 @@ struct host_steps {
   }
 };
 
-// The device's steps run on the host over host buffers (NaN-filled), with the parameters of `in.ref`.
-template <class Case>
+// Values stored as S (the inputs are representable in S), and back as a float matrix of the given shape.
+template <class S>
+std::vector<S> stored(const vwn::matrix<float>& m) {
+  std::vector<S> v(std::size_t(m.size()));
+  for (index_t i = 0; i < m.size(); ++i) v[std::size_t(i)] = vwn::cuda::from_float<S>(m.data()[i]);
+  return v;
+}
+template <class S>
+vwn::matrix<float> widened(const std::vector<S>& v, index_t rows, index_t cols) {
+  vwn::matrix<float> m(rows, cols);
+  for (index_t i = 0; i < m.size(); ++i) m.data()[i] = vwn::cuda::to_float(v[std::size_t(i)]);
+  return m;
+}
+
+// The device's steps run on the host over host buffers (NaN-filled), activations stored as S, with the parameters
+// of `in.ref`.
+template <class Case, class S = float>
 results emulated(inputs<Case>& in) {
   constexpr int M = Case::M, N = Case::N, K = inputs<Case>::host_ghc::logits;
   constexpr bool Dyn = Case::Dynamic;
@@ -138,20 +161,24 @@ results emulated(inputs<Case>& in) {
   p.db = in.db;
   p.T = T;
   results out;
-  const auto poisoned = [](index_t rows, index_t cols) { return vwn::matrix<float>::Constant(rows, cols, nan).eval(); };
-  out.X = poisoned(T, in.D);
-  out.C = poisoned(T, in.Dw);
-  out.Hout = poisoned(T, in.Dw);
-  out.dZ = poisoned(T, in.D);
-  out.dH = poisoned(T, in.Dw);
+  const auto poisoned = [](index_t rows, index_t cols) {
+    return std::vector<S>(std::size_t(rows * cols), vwn::cuda::from_float<S>(nan));
+  };
+  std::vector<S> X = poisoned(T, in.D), C = poisoned(T, in.Dw), Hout = poisoned(T, in.Dw), dZ = poisoned(T, in.D),
+                 dH = poisoned(T, in.Dw);
+  const std::vector<S> H = stored<S>(in.H), Z = stored<S>(in.Z), dHout = stored<S>(in.dHout), dX = stored<S>(in.dX),
+                       dC = stored<S>(in.dC);
   const host_steps exec;
-  d::manifold_forward_width<M, N, float, Dyn>(exec, in.H.data(), in.Dw, out.X.data(), in.D, out.C.data(), in.Dw, p,
-                                              rule, K);
-  d::manifold_forward_depth<M, N, float, Dyn>(exec, in.Z.data(), in.D, out.C.data(), in.Dw, out.Hout.data(), in.Dw, p);
-  d::manifold_backward_depth<M, N, float, Dyn>(exec, in.dHout.data(), in.Dw, in.Z.data(), in.D, out.dZ.data(), in.D, p,
-                                               rule, K);
-  d::manifold_backward_width<M, N, float, Dyn>(exec, in.H.data(), in.Dw, in.dX.data(), in.D, in.dC.data(), in.Dw,
-                                               out.dH.data(), in.Dw, p, rule, K);
+  d::manifold_forward_width<M, N, S, Dyn>(exec, H.data(), in.Dw, X.data(), in.D, C.data(), in.Dw, p, rule, K);
+  d::manifold_forward_depth<M, N, S, Dyn>(exec, Z.data(), in.D, C.data(), in.Dw, Hout.data(), in.Dw, p);
+  d::manifold_backward_depth<M, N, S, Dyn>(exec, dHout.data(), in.Dw, Z.data(), in.D, dZ.data(), in.D, p, rule, K);
+  d::manifold_backward_width<M, N, S, Dyn>(exec, H.data(), in.Dw, dX.data(), in.D, dC.data(), in.Dw, dH.data(), in.Dw,
+                                           p, rule, K);
+  out.X = widened(X, T, in.D);
+  out.C = widened(C, T, in.Dw);
+  out.Hout = widened(Hout, T, in.Dw);
+  out.dZ = widened(dZ, T, in.D);
+  out.dH = widened(dH, T, in.Dw);
   out.grads.push_back(std::vector<float>(dbias.begin(), dbias.begin() + N * M));
   out.grads.push_back(std::vector<float>(dbias.begin() + N * M, dbias.begin() + 2 * N * M));
   out.grads.push_back(std::vector<float>(dbias.begin() + 2 * N * M, dbias.end()));
@@ -188,12 +215,15 @@ void expect_close(const float* got, const float* want, index_t size, double atol
   EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << size << " entries outside the tolerance" << first;
 }
 
-void compare(const results& got, const results& want) {
-  expect_close(got.X.data(), want.X.data(), want.X.size(), 1e-5, 1e-4, "X");
-  expect_close(got.C.data(), want.C.data(), want.C.size(), 1e-5, 1e-4, "C");
-  expect_close(got.Hout.data(), want.Hout.data(), want.Hout.size(), 1e-5, 1e-4, "H_out");
-  expect_close(got.dZ.data(), want.dZ.data(), want.dZ.size(), 1e-5, 1e-4, "dZ");
-  expect_close(got.dH.data(), want.dH.data(), want.dH.size(), 1e-5, 1e-4, "dH");
+// Outputs stored as bf16 (`bf16_outputs`): computed in float from the stored values, then rounded once to 8
+// significant bits: at most 2^-8 relative; rtol 2^-7 (margin 2) and atol 1e-4 of the largest entry (docs/cuda.md).
+void compare(const results& got, const results& want, bool bf16_outputs = false) {
+  const double atol = bf16_outputs ? 1e-4 : 1e-5, rtol = bf16_outputs ? 1.0 / 128 : 1e-4;
+  expect_close(got.X.data(), want.X.data(), want.X.size(), atol, rtol, "X");
+  expect_close(got.C.data(), want.C.data(), want.C.size(), atol, rtol, "C");
+  expect_close(got.Hout.data(), want.Hout.data(), want.Hout.size(), atol, rtol, "H_out");
+  expect_close(got.dZ.data(), want.dZ.data(), want.dZ.size(), atol, rtol, "dZ");
+  expect_close(got.dH.data(), want.dH.data(), want.dH.size(), atol, rtol, "dH");
   ASSERT_EQ(got.grads.size(), want.grads.size());
   double scale = 0;
   for (const auto& g : want.grads)
@@ -235,6 +265,31 @@ TYPED_TEST(EmulatedManifold, StepsOnTheHostMatchTheHostModule) {
   }
 }
 
+template <class Case>
+class EmulatedManifoldBf16 : public ::testing::Test {};
+
+using emulated_bf16_cases =
+    ::testing::Types<mhc_case<1, 4, true, vwn::mhc_connection>, mhc_case<2, 3, false, vwn::mhc_connection>,
+                     mhc_case<4, 8, true, vwn::mhc_connection>, mhc_case<2, 3, true, vwn::mhc_lite_connection>,
+                     mhc_case<1, 4, true, vwn::mhc_v4_connection>>;
+TYPED_TEST_SUITE(EmulatedManifoldBf16, emulated_bf16_cases);
+
+// bf16 storage: the inputs rounded to bf16 for both sides; the host module's depth connection reads the carried state
+// the steps stored (in bf16), as the device's does, so that every stored output is one rounding away from the host's
+// float computation; the parameter gradients stay float.
+TYPED_TEST(EmulatedManifoldBf16, StepsOnTheHostMatchTheHostModule) {
+  const auto seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 gen(seed);
+  for (int db : {5, 33}) {
+    SCOPED_TRACE("db " + std::to_string(db));
+    inputs<TypeParam> in(db, 37, gen);
+    in.round_to_bf16();
+    const results got = emulated<TypeParam, vwn::cuda::bf16>(in);
+    compare(got, in.host(&got.C), true);
+  }
+}
+
 // The comparison can fail: one output entry off by 1e-3 (relative) is outside the tolerance.
 TEST(EmulatedManifoldChecks, AnEntryOffBy1e3IsCaught) {
   std::mt19937_64 gen(fresh_seed());
@@ -244,7 +299,9 @@ TEST(EmulatedManifoldChecks, AnEntryOffBy1e3IsCaught) {
   results got = emulated(in);
   const auto count = [&] { return outside(got.Hout.data(), want.Hout.data(), want.Hout.size(), 1e-5, 1e-4); };
   EXPECT_EQ(count(), 0);
-  got.Hout(3, 2) *= 1.001f;
+  index_t row = 0, col = 0;  // the entry of largest magnitude: 1e-3 of it is 10 times the tolerance there
+  want.Hout.cwiseAbs().maxCoeff(&row, &col);
+  got.Hout(row, col) *= 1.001f;
   EXPECT_EQ(count(), 1);
 }
 
